@@ -1,0 +1,33 @@
+# fpnbook: `make lab` opens the book, `make test` tests it. Both bootstrap .venv first.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.fpnbook-installed
+PORT   ?= 8888
+# The command the README gives readers and .ci/run calls.
+PYTEST := $(PY) -m pytest tests chapters --nbval --nbval-sanitize-with .nbval-sanitize.cfg
+
+.PHONY: venv lab test test-browser book clean-venv
+
+# Re-install only when the project files changed since the last install.
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "fpnbook needs Python 3.10 or newer"'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+lab: $(STAMP)
+	$(PY) -m jupyter lab --no-browser --ip=127.0.0.1 --port=$(PORT) --notebook-dir=chapters
+
+test: $(STAMP)
+	$(PYTEST)
+
+# Sync every jupytext pair from its .py and execute the notebook in place.
+book: $(STAMP)
+	$(PY) tools/book.py $(CHAPTERS)
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,3 @@
+"""fpnbook: the library behind the book. FPN, focal loss, RoIAlign, weight transfer."""
+
+__version__ = "0.1.0"
