@@ -1,0 +1,1 @@
+"""Miniature reproductions of the papers' tables: `python -m experiments.NAME [--smoke]`."""

@@ -1,0 +1,80 @@
+"""What every experiment shares: its command line, its record, and where the record goes.
+
+An experiment is a module with ``run(args) -> dict`` (its metrics) and a ``main``
+built by :func:`main`. A full run writes ``experiments/results/NAME.json``, which is
+committed and plotted by a chapter; ``--smoke`` runs a few steps and writes to a
+temporary folder (or ``--out``), so a test or a chapter can run it without touching
+the committed results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+import fpnbook
+from fpnbook.train import hardware
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def parser(name: str, description: str) -> argparse.ArgumentParser:
+    """The arguments every experiment takes; an experiment adds its own."""
+    p = argparse.ArgumentParser(prog=f"python -m experiments.{name}", description=description)
+    p.add_argument("--smoke", action="store_true", help="a few steps on a few images, to show the script works")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--out", type=Path, default=None, help="results JSON (default: experiments/results/NAME.json, "
+                                                          "or a temporary file with --smoke)")
+    return p
+
+
+def result_path(name: str, args: argparse.Namespace) -> Path:
+    if args.out is not None:
+        return Path(args.out)
+    if args.smoke:
+        return Path(tempfile.mkdtemp(prefix=f"fpnbook-{name}-")) / f"{name}.json"
+    return RESULTS / f"{name}.json"
+
+
+def write_record(path: Path, record: dict) -> None:
+    """Write the JSON atomically: a run stopped half way leaves the previous results intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False, encoding="utf-8") as f:
+        json.dump(record, f, indent=1, sort_keys=True)
+        f.write("\n")
+    os.replace(f.name, path)
+
+
+def main(name: str, run: Callable[[argparse.Namespace], dict], build_parser: Callable[[], argparse.ArgumentParser],
+         argv: list[str] | None = None) -> dict:
+    """Parse arguments, seed, time ``run(args)``, and write its record. Returns the record."""
+    args = build_parser().parse_args(argv)
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    metrics = run(args)
+    argv = sys.argv[1:] if argv is None else argv
+    record = {
+        "experiment": name,
+        "command": " ".join(["python -m", f"experiments.{name}", *argv]),
+        "seed": args.seed,
+        "smoke": args.smoke,
+        "fpnbook_version": fpnbook.__version__,
+        "torch_version": torch.__version__,
+        "hardware": hardware(),
+        "wall_time_s": round(time.perf_counter() - start, 1),
+        "metrics": metrics,
+    }
+    path = result_path(name, args)
+    write_record(path, record)
+    print(f"wrote {path}")
+    return record
