@@ -4,6 +4,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -27,6 +29,7 @@
 # input-image pixels; labels run `1..8` with `0` for background.
 
 # %%
+# %matplotlib inline
 import json
 
 import matplotlib.pyplot as plt
@@ -66,8 +69,7 @@ for key, value in target.items():
 # %%
 samples = [dataset[i] for i in range(8)]
 drawn = [viz.draw_detections(im, t, class_names=dataset.class_names) for im, t in samples]
-fig = viz.show_grid(drawn, ncols=4, titles=[f"image {t['image_id']}: {len(t['labels'])} objects" for _, t in samples])
-plt.show()
+viz.show_grid(drawn, ncols=4, figsize=(9, 5), titles=[f"image {t['image_id']}: {len(t['labels'])} objects" for _, t in samples])
 
 # %% [markdown]
 # ## 2. COCO format

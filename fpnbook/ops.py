@@ -29,8 +29,9 @@ reading the feature map as a table with one row (C channels) per pixel.
 - RoIAlign's average of bilinear samples is a weighted sum of pixels. It is
   separable: the samples of a bin form a grid of rows x columns, so its weights
   are (weights over rows) x (weights over columns), each a short band of pixels.
-- RoIPool's bin max is a max over the bin's pixels, listed row by row so that a
-  tie goes to the first pixel, as in torchvision's kernel.
+- RoIPool's bin max is found with the doubling trick (the max over any run of
+  pixels is the max of two overlapping power-of-two windows), then read from the
+  argmax pixel, so that the gradient goes where torchvision's kernel sends it.
 
 Like torchvision, no gradient flows to the boxes.
 """
@@ -239,20 +240,74 @@ def _round_half_away(x: Tensor) -> Tensor:
 
 
 def _pool_bins(start: Tensor, length: Tensor, pooled: int, size: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """Whole-pixel bins of one axis: ``[floor(p * bin), ceil((p + 1) * bin))`` from the box start, clipped to the map.
+    """Whole-pixel bins of one axis: ``[floor(p * bin), ceil((p + 1) * bin))`` after the box start, clipped to the map.
 
-    start, length: [K] long, the rounded box. Returns pixels [K, P, L] and empty [K, P].
-    Bins shorter than L repeat their last pixel, which leaves the max (and which
-    pixel is first to reach it) unchanged.
+    start, length: [K] long, the rounded box. Returns each bin's first pixel and
+    pixel count, both [K, P] long; a bin off the map has count 0.
     """
     bin_size = length.to(dtype) / pooled
     p = torch.arange(pooled, dtype=dtype, device=start.device)
     lo = ((p * bin_size[:, None]).floor().long() + start[:, None]).clamp(0, size)
     hi = (((p + 1) * bin_size[:, None]).ceil().long() + start[:, None]).clamp(0, size)
-    count = hi - lo  # [K, P], 0 for a bin off the map
-    steps = torch.arange(max(int(count.max()), 1), device=start.device)
-    pixels = lo[..., None] + torch.minimum(steps, (count - 1).clamp(min=0)[..., None])
-    return pixels.clamp(max=size - 1), count == 0
+    return lo, hi - lo
+
+
+def _first_max(a: tuple[Tensor, Tensor], b: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """Elementwise max of two (value, pixel) pairs; a tie goes to the lower pixel index,
+    i.e. the first pixel in row-major order, as in torchvision's kernel."""
+    take_b = (b[0] > a[0]) | ((b[0] == a[0]) & (b[1] < a[1]))
+    return torch.where(take_b, b[0], a[0]), torch.where(take_b, b[1], a[1])
+
+
+def _double(table: tuple[Tensor, Tensor], step: int, dim: int) -> tuple[Tensor, Tensor]:
+    """Windows of length 2 * step from windows of length ``step`` along ``dim`` of [N, H, W, C].
+    The last ``step`` positions, whose windows would leave the map, are kept as they are
+    (no bin asks for them)."""
+    n = table[0].shape[dim]
+    head = _first_max(tuple(t.narrow(dim, 0, n - step) for t in table), tuple(t.narrow(dim, step, n - step) for t in table))
+    return tuple(torch.cat([h, t.narrow(dim, n - step, step)], dim) for h, t in zip(head, table))
+
+
+def _bin_argmax(maps: Tensor, batch: Tensor, row_lo: Tensor, rows: Tensor, col_lo: Tensor, cols: Tensor) -> Tensor:
+    """For B rectangles of pixels, the pixel holding each channel's max. Returns [B, C] long.
+
+    maps: [N, H, W, C]; batch, row_lo, rows, col_lo, cols: [B] long, with rows, cols >= 1.
+
+    The doubling trick: a max over ``n`` consecutive pixels equals the max of two
+    windows of length ``2**j <= n`` that start at either end and overlap (the max
+    does not mind counting a pixel twice). So tables of maxima over 2**jy x 2**jx
+    windows, each made from the previous one with one elementwise max, answer every
+    rectangle with four reads, whatever its size.
+    """
+    num, height, width, channels = maps.shape
+    pixel = torch.arange(num * height * width, device=maps.device).view(num, height, width, 1).expand(maps.shape)
+    # floor(log2(n)) exactly: frexp writes n = m * 2**e with m in [0.5, 1).
+    level_y = torch.frexp(rows.to(torch.float64))[1] - 1
+    level_x = torch.frexp(cols.to(torch.float64))[1] - 1
+    argmax = torch.zeros(len(batch), channels, dtype=torch.long, device=maps.device)
+    column = (maps, pixel.contiguous())
+    for jy in range(int(level_y.max()) + 1):
+        if jy:
+            column = _double(column, 2 ** (jy - 1), dim=1)
+        table = column
+        for jx in range(int(level_x.max()) + 1):
+            if jx:
+                table = _double(table, 2 ** (jx - 1), dim=2)
+            here = torch.nonzero((level_y == jy) & (level_x == jx)).squeeze(1)
+            if not len(here):
+                continue
+            b = batch[here]
+            top, bottom = row_lo[here], row_lo[here] + rows[here] - 2**jy
+            left, right = col_lo[here], col_lo[here] + cols[here] - 2**jx
+            flat_values, flat_pixels = (t.reshape(-1, channels) for t in table)
+
+            def read(r: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+                at = (b * height + r) * width + c
+                return flat_values[at], flat_pixels[at]
+
+            best = _first_max(_first_max(read(top, left), read(top, right)), _first_max(read(bottom, left), read(bottom, right)))
+            argmax[here] = best[1]
+    return argmax
 
 
 def roi_pool(
@@ -288,14 +343,27 @@ def roi_pool(
     if num_rois == 0 or input.numel() == 0:
         return input.new_zeros(num_rois, channels, out_h, out_w)
 
-    batch = rois[:, 0].long()
     x1, y1, x2, y2 = _round_half_away(rois[:, 1:] * spatial_scale).long().unbind(1)
     box_w, box_h = (x2 - x1 + 1).clamp(min=1), (y2 - y1 + 1).clamp(min=1)
-    rows, empty_rows = _pool_bins(y1, box_h, out_h, height, rois.dtype)
-    cols, empty_cols = _pool_bins(x1, box_w, out_w, width, rois.dtype)
-    pooled = F.embedding_bag(_flat_pixels(batch, rows, cols, height, width), _pixel_table(input), mode="max")
-    empty = (empty_rows[:, :, None] | empty_cols[:, None, :]).reshape(-1, 1)
-    return _bins_to_nchw(pooled.masked_fill(empty, 0), num_rois, out_h, out_w)
+    row_lo, rows = _pool_bins(y1, box_h, out_h, height, rois.dtype)  # [K, h]
+    col_lo, cols = _pool_bins(x1, box_w, out_w, width, rois.dtype)  # [K, w]
+
+    # One entry per bin, [K*h*w].
+    shape = (num_rois, out_h, out_w)
+    batch = rois[:, 0].long()[:, None, None].expand(shape).reshape(-1)
+    row_lo, rows = (t[:, :, None].expand(shape).reshape(-1) for t in (row_lo, rows))
+    col_lo, cols = (t[:, None, :].expand(shape).reshape(-1) for t in (col_lo, cols))
+    filled = torch.nonzero((rows > 0) & (cols > 0)).squeeze(1)
+
+    table = _pixel_table(input)
+    pooled = table.new_zeros(len(batch), channels)
+    with torch.no_grad():
+        argmax = _bin_argmax(
+            input.detach().permute(0, 2, 3, 1), batch[filled], row_lo[filled], rows[filled], col_lo[filled], cols[filled]
+        )
+    # Only this gather is differentiated: each output's gradient goes to its argmax pixel.
+    pooled = pooled.index_put((filled,), table.gather(0, argmax))
+    return _bins_to_nchw(pooled, num_rois, out_h, out_w)
 
 
 # --- Modules ----------------------------------------------------------------------------

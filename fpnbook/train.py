@@ -222,9 +222,9 @@ def train(model: nn.Module, dataset, config: TrainConfig, val_dataset=None, resu
                                          num_workers=config.num_workers, pin_memory=device.type == "cuda",
                                          generator=torch.Generator().manual_seed(config.seed + start))
     out_dir = Path(config.out_dir) if config.out_dir and rank == 0 else None
-    log = open(out_dir / "metrics.jsonl", "a", encoding="utf-8") if out_dir else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
+    log = open(out_dir / "metrics.jsonl", "a", encoding="utf-8") if out_dir else None
     records = []
 
     def record(entry: dict) -> None:
@@ -247,7 +247,7 @@ def train(model: nn.Module, dataset, config: TrainConfig, val_dataset=None, resu
                 losses = train_model(images, targets)
             loss = sum(losses.values())
             if not torch.isfinite(loss):
-                detail = {k: float(v) for k, v in losses.items()}
+                detail = {k: v.item() for k, v in losses.items()}
                 where = f"; the last good checkpoint is {out_dir / 'last.pt'}" if out_dir else ""
                 raise FloatingPointError(f"non-finite loss at step {step}: {detail}{where}")
             optimizer.zero_grad(set_to_none=True)
@@ -262,8 +262,8 @@ def train(model: nn.Module, dataset, config: TrainConfig, val_dataset=None, resu
             done = step + 1
             if config.log_every and (done % config.log_every == 0 or done == config.iterations):
                 rate = seen / (time.perf_counter() - tic)
-                entry = {"step": done, "lr": optimizer.param_groups[0]["lr"], "loss": float(loss),
-                         **{k: float(v) for k, v in losses.items()}, "images_per_s": rate}
+                entry = {"step": done, "lr": optimizer.param_groups[0]["lr"], "loss": loss.item(),
+                         **{k: v.item() for k, v in losses.items()}, "images_per_s": rate}
                 record(entry)
                 bar.set_postfix(loss=f"{entry['loss']:.3f}", lr=f"{entry['lr']:.2g}", img_s=f"{rate:.1f}")
                 tic, seen = time.perf_counter(), 0

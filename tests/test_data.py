@@ -22,6 +22,12 @@ def small_split(tmp_path_factory):
     return out / "val", ann_file
 
 
+def mask_box(mask: torch.Tensor) -> list[int]:
+    """XYXY box of a mask's pixels, x2/y2 one past the last column/row (COCO's convention)."""
+    ys, xs = torch.nonzero(mask, as_tuple=True)
+    return [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
+
+
 def tree_bytes(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
@@ -79,31 +85,35 @@ def test_bbox_and_area_are_those_of_the_rle(small_split):
 def test_occlusion_leaves_disjoint_masks(small_split):
     _, ann_file = small_split
     coco = COCO(str(ann_file))
-    overlapped = 0
     for image_id in coco.imgs:
         masks = [mask_utils.decode(a["segmentation"]) for a in coco.imgToAnns[image_id]]
         if masks:
             assert np.stack(masks).sum(0).max() <= 1
-    # The raw shapes do overlap: occlusion is what made the masks disjoint.
-    rng = data._image_rng(0, "val", 0)
-    for _ in range(20):
-        pixels, masks, categories = data.render_image(128, rng)
-        boxes = [(m.any(0).nonzero()[0][[0, -1]], m.any(1).nonzero()[0][[0, -1]]) for m in masks]
-        overlapped += sum(
-            x1[0] <= x2[1] and x2[0] <= x1[1] and y1[0] <= y2[1] and y2[0] <= y1[1]
-            for i, (x1, y1) in enumerate(boxes) for (x2, y2) in boxes[i + 1 :]
-        )  # fmt: skip
-    assert overlapped > 0
 
 
-def test_pixels_inside_a_mask_are_drawn_over_the_background():
-    # A shape drawn alone on a flat grey photo: its mask is exactly where the pixels changed.
-    rng = np.random.default_rng(0)
-    mask, x0, y0 = data._shape_mask("ring", 30.0, 0.3, (32.0, 32.0))
+def test_later_shapes_hide_earlier_ones():
+    back = data._shape_mask("square", 40.0, 0.0, (30.0, 30.0))
+    front = data._shape_mask("circle", 20.0, 0.0, (40.0, 40.0))
+    instance_map = data._paint([back, front], [0, 1], 64)
+
+    def full(shape):
+        mask, x0, y0 = shape
+        canvas = np.zeros((64, 64), bool)
+        canvas[y0 : y0 + mask.shape[0], x0 : x0 + mask.shape[1]] = mask
+        return canvas
+
+    np.testing.assert_array_equal(instance_map == 2, full(front))
+    np.testing.assert_array_equal(instance_map == 1, full(back) & ~full(front))
+    assert (full(back) & full(front)).sum() > 100  # they did overlap
+
+
+def test_shapes_have_holes_and_the_smallest_still_have_pixels():
+    mask, _, _ = data._shape_mask("ring", 30.0, 0.3, (32.0, 32.0))
     assert mask.any() and not mask[mask.shape[0] // 2, mask.shape[1] // 2]  # a ring has a hole
+    rng = np.random.default_rng(0)
     for name in data.SHAPE_CLASSES:
         small, _, _ = data._shape_mask(name, 8.0, float(rng.uniform(0, 6)), (10.3, 10.7))
-        assert small.sum() >= 8, name  # the smallest shapes still have a few pixels
+        assert small.sum() >= data.MIN_VISIBLE_PIXELS, name
 
 
 def test_sizes_include_many_small_objects_and_some_large():
@@ -251,8 +261,7 @@ def test_dataset_types_and_shapes(small_split):
         assert target["image_id"] == dataset.image_ids[index]
         # Boxes enclose their masks: XYXY with x2 one past the last pixel column.
         for box, mask in zip(target["boxes"], target["masks"]):
-            ys, xs = torch.nonzero(mask, as_tuple=True)
-            assert box.tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+            assert box.tolist() == mask_box(mask)
         torch.testing.assert_close(target["area"], target["masks"].flatten(1).sum(1).float())
 
 
@@ -267,8 +276,7 @@ def test_works_with_v2_transforms(small_split):
     torch.testing.assert_close(target_f["boxes"].as_subclass(torch.Tensor), torch.stack([64 - x2, y1, 64 - x1, y2], 1))
     # After the flip, each box still encloses its (flipped) mask.
     for box, mask in zip(target_f["boxes"], target_f["masks"]):
-        ys, xs = torch.nonzero(mask, as_tuple=True)
-        assert box.tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+        assert box.tolist() == mask_box(mask)
 
     resized = data.CocoDataset(*small_split, transforms=v2.Compose([v2.Resize(128), v2.ToDtype(torch.float32)]))
     image_r, target_r = resized[index]
@@ -420,6 +428,7 @@ def test_committed_val_split_is_small_and_loads():
     image, target = dataset[0]
     assert image.shape == (3, 256, 256) and len(target["boxes"]) == len(target["labels"])
     assert len(dataset.coco.anns) > 5 * len(dataset)
+    assert any(not dataset.coco.imgToAnns[i] for i in dataset.image_ids)  # an empty image, on purpose
 
 
 def test_committed_val_split_matches_the_generator(tmp_path):

@@ -52,6 +52,7 @@ def build(source: Path, timeout: int = 600) -> float:
     target = source.with_suffix(".ipynb")
     with tempfile.NamedTemporaryFile("w", dir=target.parent, suffix=".tmp", delete=False, encoding="utf-8") as f:
         nbformat.write(notebook, f)
+    os.chmod(f.name, 0o644)
     os.replace(f.name, target)
     # Re-save the text twin through jupytext so both files carry identical cells.
     jupytext.write(jupytext.read(target), source, fmt="py:percent")

@@ -1,0 +1,141 @@
+"""Time fpnbook's RetinaNet against torchvision's, same backbone, anchors, head weights and images.
+
+    python benchmarks/retinanet.py [--threads 2] [--device auto] [--size 256] [--batch 2] [--quick]
+
+Both models get an identical copy of one fpnbook BackboneWithFPN (tiny ResNet, P3..P7),
+the same anchors and the same head weights (torchvision's head has one extra,
+never-firing background channel: its ``num_classes`` counts background). torchvision's
+transform is set to the image size and our mean/std, so it does not resize.
+Rows: a training step (forward, backward, SGD step); inference of the freshly
+initialised model (no score passes 0.05, so this is backbone + head); and inference with
+the classifier bias at 0 ("dense scores": every (anchor, class) scores ~0.5, so top-k,
+decoding and NMS run at full load). Warm-up first, then the best of N, the two
+models alternating. Prints images/second and the ratio fpnbook / torchvision.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import torch
+from torchvision.models.detection import RetinaNet as TorchvisionRetinaNet
+from torchvision.models.detection.anchor_utils import AnchorGenerator as TorchvisionAnchorGenerator
+
+from fpnbook.images import IMAGENET_MEAN, IMAGENET_STD
+from fpnbook.retinanet import RetinaNet, retinanet_tiny, torchvision_head_state_dict
+
+NUM_CLASSES = 8
+
+
+def build_models(num_classes: int, image_size: int, device: torch.device) -> tuple[RetinaNet, TorchvisionRetinaNet]:
+    ours = retinanet_tiny(num_classes)
+    theirs = TorchvisionRetinaNet(
+        copy.deepcopy(ours.backbone),
+        num_classes + 1,
+        min_size=image_size,
+        max_size=image_size,
+        image_mean=list(IMAGENET_MEAN),
+        image_std=list(IMAGENET_STD),
+        anchor_generator=TorchvisionAnchorGenerator(ours.anchor_generator.sizes, ours.anchor_generator.aspect_ratios),
+        score_thresh=ours.score_thresh,
+        nms_thresh=ours.nms_thresh,
+        detections_per_img=ours.detections_per_img,
+        fg_iou_thresh=ours.matcher.high,
+        bg_iou_thresh=ours.matcher.low,
+        topk_candidates=ours.topk_candidates,
+    )
+    theirs.head.load_state_dict(torchvision_head_state_dict(ours.head))
+    return ours.to(device), theirs.to(device)
+
+
+def make_batch(batch: int, image_size: int, num_classes: int, device: torch.device) -> tuple[list, list]:
+    """Random images and 1..8 random boxes (8 px to half the image) per image."""
+    g = torch.Generator().manual_seed(0)
+    images, targets = [], []
+    for _ in range(batch):
+        n = int(torch.randint(1, 9, (1,), generator=g))
+        size = 8 + torch.rand(n, 2, generator=g) * (image_size / 2 - 8)
+        corner = torch.rand(n, 2, generator=g) * (image_size - size)
+        boxes = torch.cat([corner, corner + size], dim=1)
+        labels = torch.randint(1, num_classes + 1, (n,), generator=g)
+        images.append(torch.rand(3, image_size, image_size, generator=g).to(device))
+        targets.append({"boxes": boxes.to(device), "labels": labels.to(device)})
+    return images, targets
+
+
+def train_step(model, optimizer, images, targets) -> None:
+    losses = model(images, targets)
+    optimizer.zero_grad()
+    sum(losses.values()).backward()
+    optimizer.step()
+
+
+@torch.no_grad()
+def infer(model, images) -> None:
+    model(images)
+
+
+def best_times(fns: dict, warmup: int, repeats: int, device: torch.device) -> dict[str, float]:
+    """Best wall time of each function; the functions take turns so machine noise hits both alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    best = {name: float("inf") for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    parser.add_argument("--size", type=int, default=256, help="square image side in pixels")
+    parser.add_argument("--batch", type=int, default=2, help="images per batch")
+    parser.add_argument("--repeats", type=int, default=10, help="timed repetitions (best is kept)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 128 px, 1 warm-up, 2 repeats")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    size, warmup, repeats = (128, 1, 2) if args.quick else (args.size, 3, args.repeats)
+    torch.manual_seed(0)
+    ours, theirs = build_models(NUM_CLASSES, size, device)
+    images, targets = make_batch(args.batch, size, NUM_CLASSES, device)
+    print(f"RetinaNet (tiny ResNet + FPN P3-P7, {NUM_CLASSES} classes), {args.batch} x {size}px, "
+          f"device {device}, {torch.get_num_threads()} threads, best of {repeats}")
+    ours_sgd = torch.optim.SGD(ours.parameters(), lr=1e-3, momentum=0.9)
+    theirs_sgd = torch.optim.SGD(theirs.parameters(), lr=1e-3, momentum=0.9)
+
+    ratios = {}
+    print(f"{'':<26}{'fpnbook img/s':>15}{'torchvision img/s':>19}{'ratio':>8}")
+    for row in ("train step", "inference", "inference (dense scores)"):
+        if row == "train step":
+            ours.train(), theirs.train()
+            fns = {"ours": lambda: train_step(ours, ours_sgd, images, targets),
+                   "theirs": lambda: train_step(theirs, theirs_sgd, images, targets)}
+        else:
+            ours.eval(), theirs.eval()
+            if row.startswith("inference (dense"):
+                with torch.no_grad():
+                    ours.head.cls_logits.bias.zero_()
+                theirs.head.load_state_dict(torchvision_head_state_dict(ours.head))
+            fns = {"ours": lambda: infer(ours, images), "theirs": lambda: infer(theirs, images)}
+        best = best_times(fns, warmup, repeats, device)
+        ours_ips, theirs_ips = args.batch / best["ours"], args.batch / best["theirs"]
+        ratios[row] = ours_ips / theirs_ips
+        print(f"{row:<26}{ours_ips:>15.1f}{theirs_ips:>19.1f}{ratios[row]:>7.2f}x")
+    return ratios
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""Two-stage detectors: Faster R-CNN with an FPN, and Mask R-CNN.
+
+    images -> batch_images -> backbone + FPN (P2..P6) -> RPN -> proposals
+           -> RoIHeads (box branch on P2..P5 [+ mask branch]) -> detections
+
+Same interface as torchvision's detection models: ``model(images, targets)`` with
+``images`` a list of Tensor[3, H, W] in 0..1 and ``targets`` a list of dicts
+(``boxes`` [N, 4] XYXY pixels, ``labels`` int64 [N] in 1..K, and for Mask R-CNN
+``masks`` [N, H, W], optionally ``has_mask`` bool [N]). Training returns a dict of
+losses; eval returns one dict per image with ``boxes``, ``labels``, ``scores`` and,
+for Mask R-CNN, ``masks`` [N, 1, H, W] float probabilities pasted into the image.
+Unlike torchvision the model does not resize: images are only normalised and padded
+(:func:`fpnbook.images.batch_images`), so boxes and masks stay in input pixels.
+
+Scaled to the book's ~256 px images (the papers use ~800 px):
+
+- anchors 16, 32, 64, 128, 256 px on P2..P6, half the paper's 32..512
+  (:data:`fpnbook.rpn.SMALL_ANCHOR_SIZES`);
+- RoI level assignment ``k = floor(4 + log2(sqrt(w * h) / 112))``: canonical scale 112
+  instead of the paper's 224. With 224, every RoI under 112 px, most of our objects, would
+  land on P2 and P3..P5 would sit idle; with 112 objects of 8..256 px spread over
+  P2..P5, and a RoI on its level always spans at least 7 feature pixels (56 px at stride
+  8), one per cell of the 7x7 pooled grid;
+- narrower heads: FPN 64 channels, box head fc 256, mask head 4 x 64 channels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from torch import Tensor, nn
+
+from .anchors import AnchorGenerator
+from .backbone import resnet_tiny
+from .fpn import FPN, BackboneWithFPN, LastLevelMaxPool
+from .images import batch_images
+from .roi_heads import BoxPredictor, MaskHead, MaskPredictor, RoIHeads, TwoMLPHead, check_targets, paste_masks_in_image
+from .rpn import ASPECT_RATIOS, SMALL_ANCHOR_SIZES, RegionProposalNetwork, RPNHead
+
+try:
+    from .poolers import MultiScaleRoIAlign
+except ImportError:  # fpnbook.poolers is still being written; torchvision's takes the same arguments.
+    from torchvision.ops import MultiScaleRoIAlign
+
+CANONICAL_SCALE = 112  # the paper's 224 for ~800 px images; see the module docstring
+BOX_POOL_SIZE, MASK_POOL_SIZE = 7, 14
+
+
+class FasterRCNN(nn.Module):
+    """Faster R-CNN with an FPN (Lin et al. 2017, Sec. 4.2).
+
+    ``backbone``: a :class:`fpnbook.fpn.BackboneWithFPN` (or any module with ``names`` and
+    ``out_channels`` returning an ordered dict of maps). ``num_classes`` counts the
+    background. ``rpn`` / ``roi_heads``: ready-made modules, or None to build the defaults
+    described in the module docstring from ``anchor_sizes``, ``canonical_scale``,
+    ``representation_size`` and the ``box_*`` settings. The RPN uses every map; the RoI
+    heads pool from all maps but the last (P2..P5 when the FPN adds P6).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int | None = None,
+        rpn: RegionProposalNetwork | None = None,
+        roi_heads: RoIHeads | None = None,
+        *,
+        anchor_sizes: Sequence[Sequence[float]] = SMALL_ANCHOR_SIZES,
+        canonical_scale: int = CANONICAL_SCALE,
+        representation_size: int = 256,
+        box_score_thresh: float = 0.05,
+        box_nms_thresh: float = 0.5,
+        box_detections_per_img: int = 100,
+    ) -> None:
+        super().__init__()
+        for attribute in ("names", "out_channels"):
+            if not hasattr(backbone, attribute):
+                raise TypeError(f"backbone must have a {attribute!r} attribute (see fpnbook.fpn.BackboneWithFPN)")
+        if roi_heads is None and (num_classes is None or num_classes < 2):
+            raise ValueError(f"num_classes (background included, so at least 2) is needed to build the RoI heads, got {num_classes}")
+        self.backbone = backbone
+        channels, names = backbone.out_channels, list(backbone.names)
+        if rpn is None:
+            generator = AnchorGenerator(anchor_sizes, [ASPECT_RATIOS] * len(anchor_sizes))
+            rpn = RegionProposalNetwork(generator, RPNHead(channels, generator.num_anchors_per_location()[0]))
+        if roi_heads is None:
+            pool = MultiScaleRoIAlign(self.roi_names(names), BOX_POOL_SIZE, 2, canonical_scale=canonical_scale)
+            roi_heads = RoIHeads(
+                pool,
+                TwoMLPHead(channels * BOX_POOL_SIZE**2, representation_size),
+                BoxPredictor(representation_size, num_classes),
+                score_thresh=box_score_thresh,
+                nms_thresh=box_nms_thresh,
+                detections_per_img=box_detections_per_img,
+            )
+        self.rpn = rpn
+        self.roi_heads = roi_heads
+
+    @staticmethod
+    def roi_names(names: Sequence[str]) -> list[str]:
+        # P6 exists for the RPN's largest anchors only; RoIs never pool from it (FPN paper, Sec. 4.2).
+        return list(names[:-1]) if len(names) > 1 and names[-1] in ("p6", "pool") else list(names)
+
+    def forward(
+        self, images: Sequence[Tensor], targets: Sequence[Mapping[str, Tensor]] | None = None
+    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        if self.training and targets is None:
+            raise ValueError("targets must be given in training mode (a list of dicts with 'boxes', 'labels'"
+                             + (", 'masks')" if self.roi_heads.has_mask() else ")"))
+        batch, image_sizes = batch_images(images)
+        if targets is not None:
+            check_targets(targets, image_sizes, masks=self.roi_heads.has_mask())
+        features = self.backbone(batch)
+        proposals, rpn_losses = self.rpn(batch, image_sizes, features, targets if self.training else None)
+        detections, roi_losses = self.roi_heads(features, proposals, image_sizes, targets if self.training else None)
+        if self.training:
+            return {**rpn_losses, **roi_losses}
+        for detection, size in zip(detections, image_sizes):
+            if "masks" in detection:
+                detection["masks"] = paste_masks_in_image(detection["masks"], detection["boxes"], size)
+        return detections
+
+
+class MaskRCNN(FasterRCNN):
+    """Mask R-CNN (He et al. 2017): Faster R-CNN plus a mask branch on the same RoIs.
+
+    As :class:`FasterRCNN`, plus ``mask_roi_pool`` / ``mask_head`` / ``mask_predictor``
+    (None builds a 14x14 RoIAlign on the box levels, :class:`MaskHead` with
+    ``mask_layers``, and :class:`MaskPredictor` with ``mask_dim_reduced`` channels), and
+    ``class_agnostic_mask``. Ignored when ``roi_heads`` is given.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int | None = None,
+        rpn: RegionProposalNetwork | None = None,
+        roi_heads: RoIHeads | None = None,
+        *,
+        mask_roi_pool: nn.Module | None = None,
+        mask_head: nn.Module | None = None,
+        mask_predictor: nn.Module | None = None,
+        mask_layers: Sequence[int] = (64,) * 4,
+        mask_dim_reduced: int = 64,
+        class_agnostic_mask: bool = False,
+        canonical_scale: int = CANONICAL_SCALE,
+        **kwargs,
+    ) -> None:
+        super().__init__(backbone, num_classes, rpn, roi_heads, canonical_scale=canonical_scale, **kwargs)
+        if roi_heads is not None:
+            if not roi_heads.has_mask():
+                raise ValueError("roi_heads given to MaskRCNN must have a mask branch")
+            return
+        heads = self.roi_heads
+        names = self.roi_names(list(backbone.names))
+        heads.mask_roi_pool = mask_roi_pool or MultiScaleRoIAlign(names, MASK_POOL_SIZE, 2, canonical_scale=canonical_scale)
+        heads.mask_head = mask_head or MaskHead(backbone.out_channels, mask_layers)
+        mask_channels = 1 if class_agnostic_mask else num_classes
+        heads.mask_predictor = mask_predictor or MaskPredictor(heads.mask_head.out_channels, mask_dim_reduced, mask_channels)
+        heads.class_agnostic_mask = class_agnostic_mask
+
+
+def fpn_backbone_tiny(fpn_channels: int = 64) -> BackboneWithFPN:
+    """:func:`fpnbook.backbone.resnet_tiny` + a ``fpn_channels`` FPN with P2..P6 (P6 by max-pooling P5)."""
+    body = resnet_tiny()
+    return BackboneWithFPN(body, FPN(body.out_channels, fpn_channels, LastLevelMaxPool()))
+
+
+def faster_rcnn_tiny(num_classes: int, **kwargs) -> FasterRCNN:
+    """Faster R-CNN on the tiny ResNet + FPN (64 channels), sized for 256 px images on a CPU.
+
+    ``num_classes`` counts the background; ``kwargs`` go to :class:`FasterRCNN`.
+    """
+    return FasterRCNN(fpn_backbone_tiny(), num_classes, **kwargs)
+
+
+def mask_rcnn_tiny(num_classes: int, **kwargs) -> MaskRCNN:
+    """Mask R-CNN on the tiny ResNet + FPN (64 channels), mask head 4 x 64 channels, sized for 256 px images.
+
+    ``num_classes`` counts the background; ``kwargs`` go to :class:`MaskRCNN`.
+    """
+    return MaskRCNN(fpn_backbone_tiny(), num_classes, **kwargs)

@@ -1,0 +1,502 @@
+"""The second stage of Faster / Mask R-CNN: classify each proposal, refine its box, predict its mask.
+
+Each proposal (RoI) is pooled from the pyramid to a small fixed grid (7x7 for the
+box branch, 14x14 for the mask branch), then:
+
+- the *box head* (two fc layers) and *box predictor* give class logits
+  [K, num_classes] (0 = background) and class-specific deltas [K, num_classes * 4],
+  encoded with :class:`fpnbook.boxes.BoxCoder` weights (10, 10, 5, 5);
+- the *mask head* (four 3x3 convs) and *mask predictor* (a 2x2 stride-2 deconv, then
+  a 1x1 conv) give one 28x28 mask logit map per class [K, num_classes, 28, 28].
+
+Training (Mask R-CNN paper, Sec. 3): the ground-truth boxes join the proposals;
+RoIs with IoU >= 0.5 with a ground truth are foreground, the rest background; 512
+RoIs per image are sampled, at most 25% foreground. Losses:
+
+    loss_classifier = cross-entropy over the sampled RoIs
+    loss_box_reg    = smooth-L1(beta=1/9) of the ground-truth class' deltas of the
+                      foreground RoIs, summed and divided by the number of sampled RoIs
+    loss_mask       = per-pixel sigmoid BCE of the ground-truth class' 28x28 mask only,
+                      averaged over the foreground RoIs. Classes do not compete for a
+                      pixel (no softmax over classes): the classifier already chose the
+                      class, the mask only says which pixels belong to it.
+
+Mask targets are the ground-truth masks cut out by each RoI and resized to 28x28
+with RoIAlign (``aligned=False``, as torchvision's ``project_masks_on_boxes``).
+With partial supervision (chapter 4), a target may carry ``has_mask`` BoolTensor[G]:
+RoIs matched to objects without a mask get no mask loss at all.
+
+Inference: softmax scores, class-specific boxes decoded and clipped, tiny boxes and
+scores <= 0.05 dropped, NMS (0.5) per class, the best 100 kept; the mask is the
+sigmoid of the predicted class' channel, [N, 1, 28, 28], which the model pastes into
+the image with :func:`paste_masks_in_image`.
+
+**The mask predictor contract** (for :mod:`fpnbook.weight_transfer`). ``RoIHeads``
+calls ``mask_predictor(mask_features)`` with mask_features Tensor[K, C, 14, 14] and
+expects logits Tensor[K, num_classes, 28, 28] (or [K, 1, 28, 28] with
+``class_agnostic_mask``); it picks the class channel itself. :class:`MaskPredictor`
+splits its work so that the per-class weights can be swapped: ``upsample(x)`` gives
+[K, dim_reduced, 28, 28], ``class_weights()`` gives ``(weight [num_classes, dim_reduced],
+bias [num_classes])``, and the logits are the 1x1 conv of the two. A weight-transfer
+predictor overrides ``class_weights()`` to return ``tau_c = T(omega_c)`` computed from
+the box predictor's ``cls_score.weight`` / ``bbox_pred.weight`` (a module it holds a
+reference to); nothing else changes.
+
+Boxes are ``(x1, y1, x2, y2)`` in input-image pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import batched_nms
+
+from .boxes import BoxCoder, box_iou, check_boxes, clip_boxes_to_image, remove_small_boxes
+from .matching import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, BalancedSampler, Matcher
+
+try:
+    from .ops import roi_align
+except ImportError:  # fpnbook.ops is still being written; torchvision's has the same signature.
+    from torchvision.ops import roi_align
+
+# Detections below this width or height (pixels) are dropped, as torchvision does.
+MIN_DETECTION_SIZE = 1e-2
+
+
+class TwoMLPHead(nn.Module):
+    """The FPN box head: flatten, then fc + ReLU twice. Tensor[K, C, 7, 7] -> Tensor[K, representation_size].
+
+    ``in_features = C * 7 * 7``. Named ``fc6``/``fc7`` like torchvision's (and Detectron's).
+    """
+
+    def __init__(self, in_features: int, representation_size: int) -> None:
+        super().__init__()
+        self.fc6 = nn.Linear(in_features, representation_size)
+        self.fc7 = nn.Linear(representation_size, representation_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.fc7(F.relu(self.fc6(x.flatten(1)))))
+
+
+class BoxPredictor(nn.Module):
+    """Class logits and class-specific box deltas from the box head's features.
+
+    forward: Tensor[K, in_features] -> (class_logits Tensor[K, num_classes],
+    box_deltas Tensor[K, num_classes * 4], columns ``4c..4c+3`` for class ``c``).
+    ``num_classes`` counts the background (index 0). Initialised as in Detectron:
+    normal(std 0.01) for the classifier, normal(std 0.001) for the deltas, zero biases.
+    """
+
+    def __init__(self, in_features: int, num_classes: int) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes counts the background, so it must be at least 2, got {num_classes}")
+        self.num_classes = num_classes
+        self.cls_score = nn.Linear(in_features, num_classes)
+        self.bbox_pred = nn.Linear(in_features, num_classes * 4)
+        nn.init.normal_(self.cls_score.weight, std=0.01)
+        nn.init.normal_(self.bbox_pred.weight, std=0.001)
+        nn.init.zeros_(self.cls_score.bias)
+        nn.init.zeros_(self.bbox_pred.bias)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        x = x.flatten(1)
+        return self.cls_score(x), self.bbox_pred(x)
+
+
+class MaskHead(nn.Sequential):
+    """The mask head's fully convolutional trunk: ``len(layers)`` x (3x3 conv, ReLU).
+
+    Tensor[K, in_channels, S, S] -> Tensor[K, layers[-1], S, S] (S = 14 in the paper,
+    which uses four layers of 256 channels). Kaiming-normal init, zero biases.
+    """
+
+    def __init__(self, in_channels: int, layers: Sequence[int] = (256,) * 4, dilation: int = 1) -> None:
+        if len(layers) == 0 or any(int(c) < 1 for c in layers):
+            raise ValueError(f"layers must be a non-empty list of positive channel counts, got {tuple(layers)}")
+        modules: list[nn.Module] = []
+        for channels in layers:
+            modules += [nn.Conv2d(in_channels, channels, 3, padding=dilation, dilation=dilation), nn.ReLU(inplace=True)]
+            in_channels = channels
+        super().__init__(*modules)
+        self.out_channels = int(layers[-1])
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+
+
+class MaskPredictor(nn.Module):
+    """Per-class mask logits: 2x2 stride-2 deconv + ReLU, then a 1x1 conv with one output per class.
+
+    forward: Tensor[K, in_channels, S, S] -> Tensor[K, num_classes, 2S, 2S] logits.
+    Submodules ``conv5_mask`` and ``mask_fcn_logits`` are named like torchvision's
+    ``MaskRCNNPredictor``. See the module docstring for the contract that lets weight
+    transfer replace :meth:`class_weights`.
+    """
+
+    def __init__(self, in_channels: int, dim_reduced: int, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.conv5_mask = nn.ConvTranspose2d(in_channels, dim_reduced, 2, stride=2)
+        self.mask_fcn_logits = nn.Conv2d(dim_reduced, num_classes, 1)
+        for layer in (self.conv5_mask, self.mask_fcn_logits):
+            nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(layer.bias)
+
+    def upsample(self, x: Tensor) -> Tensor:
+        """Tensor[K, in_channels, S, S] -> Tensor[K, dim_reduced, 2S, 2S]: the features every class' mask reads."""
+        return F.relu(self.conv5_mask(x))
+
+    def class_weights(self) -> tuple[Tensor, Tensor]:
+        """The per-class mask weights: ``(weight Tensor[num_classes, dim_reduced], bias Tensor[num_classes])``."""
+        return self.mask_fcn_logits.weight[:, :, 0, 0], self.mask_fcn_logits.bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight, bias = self.class_weights()
+        return F.conv2d(self.upsample(x), weight[:, :, None, None], bias)
+
+
+def fast_rcnn_loss(
+    class_logits: Tensor, box_regression: Tensor, labels: Sequence[Tensor], regression_targets: Sequence[Tensor]
+) -> tuple[Tensor, Tensor]:
+    """``(loss_classifier, loss_box_reg)`` over the sampled RoIs of all images.
+
+    ``class_logits`` Tensor[K, C], ``box_regression`` Tensor[K, C * 4], per-image ``labels``
+    (0 background) and ``regression_targets`` Tensor[K_i, 4] (encoded, weights 10, 10, 5, 5).
+    The box loss reads only the ground-truth class' deltas of foreground RoIs and, as in
+    torchvision, is divided by the number of *all* sampled RoIs.
+    """
+    labels, targets = torch.cat(list(labels)), torch.cat(list(regression_targets))
+    if labels.numel() == 0:
+        return class_logits.sum() * 0, box_regression.sum() * 0
+    loss_classifier = F.cross_entropy(class_logits, labels)
+    positive = torch.where(labels > 0)[0]
+    deltas = box_regression.reshape(labels.shape[0], -1, 4)[positive, labels[positive]]
+    loss_box = F.smooth_l1_loss(deltas, targets[positive], beta=1 / 9, reduction="sum") / labels.numel()
+    return loss_classifier, loss_box
+
+
+def project_masks_on_boxes(gt_masks: Tensor, boxes: Tensor, matched_idxs: Tensor, size: int) -> Tensor:
+    """Mask targets: each RoI's matched ground-truth mask, cut out by the RoI and resized to ``size x size``.
+
+    ``gt_masks`` Tensor[G, H, W] (0/1, any dtype) in image pixels, ``boxes`` Tensor[K, 4] XYXY
+    pixels, ``matched_idxs`` LongTensor[K] into ``gt_masks``. Returns float Tensor[K, size, size]
+    in 0..1 (soft at the edges): RoIAlign with ``aligned=False`` and adaptive sampling,
+    exactly torchvision's ``project_masks_on_boxes``.
+    """
+    if boxes.shape[0] == 0:
+        return boxes.new_zeros((0, size, size))
+    rois = torch.cat([matched_idxs[:, None].to(boxes), boxes], dim=1)
+    masks = gt_masks[:, None].to(boxes)
+    return roi_align(masks, rois, (size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=False)[:, 0]
+
+
+def mask_loss(mask_logits: Tensor, channels: Tensor, mask_targets: Tensor) -> Tensor:
+    """Sigmoid BCE between channel ``channels[k]`` of RoI ``k``'s logits and its target, averaged over pixels.
+
+    ``mask_logits`` Tensor[K, C, M, M], ``channels`` LongTensor[K] (the ground-truth class, or
+    0 for a class-agnostic head), ``mask_targets`` Tensor[K, M, M]. The other C - 1 channels
+    get no gradient. With K = 0 it returns ``0 * mask_logits.sum()``: zero, and still part of
+    the graph so every parameter gets a (zero) gradient.
+    """
+    if mask_targets.shape[0] == 0:
+        return mask_logits.sum() * 0
+    picked = mask_logits[torch.arange(channels.shape[0], device=channels.device), channels]
+    return F.binary_cross_entropy_with_logits(picked, mask_targets)
+
+
+def expand_boxes(boxes: Tensor, scale: float) -> Tensor:
+    """Grow XYXY boxes about their centres by ``scale``. Tensor[N, 4] -> Tensor[N, 4]."""
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    half = (boxes[:, 2:] - boxes[:, :2]) / 2 * scale
+    return torch.cat([centres - half, centres + half], dim=1)
+
+
+def resize_matrix(start: Tensor, length: Tensor, out_size: int, in_size: int) -> Tensor:
+    """Bilinear resizing along one axis as a matrix: Tensor[N, out_size, in_size].
+
+    Row ``p`` of box ``n`` samples the ``in_size`` mask cells at image pixel ``p``: for
+    ``0 <= p - start[n] < length[n]`` it holds the two weights of
+    ``F.interpolate(..., size=length, mode="bilinear", align_corners=False)`` at position
+    ``p - start[n]``; outside the box the row is zero.
+    """
+    pixels = torch.arange(out_size, device=start.device)
+    local = pixels[None, :] - start[:, None]  # [N, out]
+    inside = (local >= 0) & (local < length[:, None])
+    scale = in_size / length.to(torch.float32)
+    source = ((local.to(torch.float32) + 0.5) * scale[:, None] - 0.5).clamp(min=0)
+    lower = source.floor().clamp(max=in_size - 1)
+    frac = source - lower
+    lower = lower.long()
+    upper = (lower + 1).clamp(max=in_size - 1)
+    weights = torch.zeros(start.shape[0], out_size, in_size, device=start.device)
+    weights.scatter_add_(2, lower[..., None], ((1 - frac) * inside)[..., None])
+    weights.scatter_add_(2, upper[..., None], (frac * inside)[..., None])
+    return weights
+
+
+def paste_masks_in_image(masks: Tensor, boxes: Tensor, image_size: tuple[int, int], padding: int = 1) -> Tensor:
+    """Put each RoI's ``M x M`` mask back into the image: Tensor[N, 1, M, M] -> Tensor[N, 1, H, W].
+
+    ``boxes`` Tensor[N, 4] XYXY pixels, ``image_size`` ``(H, W)``. Each mask is resized
+    bilinearly to its box and zero elsewhere. As torchvision does, the mask is first padded
+    by ``padding`` zero cells and the box grown to match, so the mask fades to zero at the
+    box edge instead of stopping sharply, and box corners are snapped to whole pixels
+    (truncated) first. Bilinear resizing is separable, so each paste is two small matrix
+    products, ``rows @ mask @ cols.T``, for all boxes at once. Equals torchvision's
+    ``paste_masks_in_image`` up to float rounding.
+    """
+    if masks.ndim != 4 or masks.shape[1] != 1 or masks.shape[2] != masks.shape[3]:
+        raise ValueError(f"masks must be Tensor[N, 1, M, M], got {list(masks.shape)}")
+    if boxes.shape != (masks.shape[0], 4):
+        raise ValueError(f"boxes must be Tensor[{masks.shape[0]}, 4] (one per mask), got {list(boxes.shape)}")
+    height, width = image_size
+    if masks.shape[0] == 0:
+        return masks.new_zeros((0, 1, height, width))
+    size = masks.shape[-1]
+    padded = F.pad(masks[:, 0], (padding,) * 4)
+    grown = expand_boxes(boxes, (size + 2 * padding) / size).to(torch.int64)
+    box_w = (grown[:, 2] - grown[:, 0] + 1).clamp(min=1)
+    box_h = (grown[:, 3] - grown[:, 1] + 1).clamp(min=1)
+    rows = resize_matrix(grown[:, 1], box_h, height, size + 2 * padding).to(masks)
+    cols = resize_matrix(grown[:, 0], box_w, width, size + 2 * padding).to(masks)
+    return (rows @ padded @ cols.transpose(1, 2))[:, None]
+
+
+def check_targets(
+    targets: Sequence[Mapping[str, Tensor]], image_sizes: Sequence[tuple[int, int]], masks: bool = False
+) -> None:
+    """Raise unless each target has float ``boxes`` [G, 4], int64 ``labels`` [G] >= 1, and (if ``masks``) ``masks`` [G, h, w].
+
+    ``h, w`` is the image's size in ``image_sizes``. An optional ``has_mask`` must be a bool [G].
+    """
+    if isinstance(targets, Mapping) or not isinstance(targets, Sequence):
+        raise TypeError(f"targets must be a list of dicts, one per image, got {type(targets).__name__}")
+    if len(targets) != len(image_sizes):
+        raise ValueError(f"targets must have one dict per image: {len(targets)} for {len(image_sizes)} images")
+    for i, (target, size) in enumerate(zip(targets, image_sizes)):
+        if not isinstance(target, Mapping) or "boxes" not in target or "labels" not in target:
+            raise ValueError(f"targets[{i}] must be a dict with 'boxes' and 'labels'" + (" and 'masks'" if masks else ""))
+        boxes, labels = check_boxes(target["boxes"], f"targets[{i}]['boxes']"), target["labels"]
+        if not isinstance(labels, Tensor) or labels.dtype != torch.int64 or labels.shape != boxes.shape[:1]:
+            raise ValueError(f"targets[{i}]['labels'] must be an int64 Tensor[{boxes.shape[0]}] (one per box)")
+        if (labels < 1).any():
+            raise ValueError(f"targets[{i}]['labels'] must be classes 1..K (0 is the background), got {labels.tolist()}")
+        if masks:
+            gt_masks = target.get("masks")
+            expected = [boxes.shape[0], int(size[0]), int(size[1])]
+            if not isinstance(gt_masks, Tensor) or list(gt_masks.shape) != expected:
+                got = list(gt_masks.shape) if isinstance(gt_masks, Tensor) else type(gt_masks).__name__
+                raise ValueError(f"targets[{i}]['masks'] must be a Tensor{expected} (one mask per box, the image's size), got {got}")
+        has_mask = target.get("has_mask")
+        if has_mask is not None and (
+            not isinstance(has_mask, Tensor) or has_mask.dtype != torch.bool or has_mask.shape != boxes.shape[:1]
+        ):
+            raise ValueError(f"targets[{i}]['has_mask'] must be a bool Tensor[{boxes.shape[0]}] (one per box)")
+
+
+class RoIHeads(nn.Module):
+    """Box branch and (optional) mask branch on top of the proposals.
+
+    ``box_roi_pool``, ``mask_roi_pool``: poolers called as ``pool(features, boxes_list, image_sizes)``
+    (e.g. ``fpnbook.poolers.MultiScaleRoIAlign``) giving Tensor[K, C, S, S]. ``box_head`` /
+    ``box_predictor`` as :class:`TwoMLPHead` / :class:`BoxPredictor`; ``mask_head`` /
+    ``mask_predictor`` as :class:`MaskHead` / :class:`MaskPredictor` (or any predictor keeping
+    the contract in the module docstring). The mask branch is on when all three mask
+    modules are given. ``class_agnostic_mask``: the mask predictor has one channel, used for
+    every class.
+
+    forward(features, proposals, image_sizes, targets=None) -> (detections, losses):
+
+    - ``features``: ordered dict of pyramid maps Tensor[B, C, H_i, W_i];
+    - ``proposals``: list of Tensor[P_i, 4] XYXY pixels (from the RPN);
+    - ``image_sizes``: each image's ``(h, w)`` before padding;
+    - ``targets`` (training): dicts with ``boxes`` [G, 4], ``labels`` int64 [G] in 1..K,
+      ``masks`` [G, h, w] (mask branch), optional ``has_mask`` bool [G].
+
+    Training returns ``([], {"loss_classifier", "loss_box_reg"[, "loss_mask"]})``; eval returns
+    one dict per image with ``boxes`` [N, 4], ``labels`` [N], ``scores`` [N] and, with the mask
+    branch, ``masks`` [N, 1, M, M] probabilities in the box's frame (not yet pasted), and ``{}``.
+    """
+
+    def __init__(
+        self,
+        box_roi_pool: nn.Module,
+        box_head: nn.Module,
+        box_predictor: nn.Module,
+        *,
+        fg_iou_thresh: float = 0.5,
+        bg_iou_thresh: float = 0.5,
+        batch_size_per_image: int = 512,
+        positive_fraction: float = 0.25,
+        score_thresh: float = 0.05,
+        nms_thresh: float = 0.5,
+        detections_per_img: int = 100,
+        mask_roi_pool: nn.Module | None = None,
+        mask_head: nn.Module | None = None,
+        mask_predictor: nn.Module | None = None,
+        class_agnostic_mask: bool = False,
+    ) -> None:
+        super().__init__()
+        given = [m is not None for m in (mask_roi_pool, mask_head, mask_predictor)]
+        if any(given) and not all(given):
+            raise ValueError("the mask branch needs all of mask_roi_pool, mask_head and mask_predictor (or none)")
+        self.box_coder = BoxCoder((10.0, 10.0, 5.0, 5.0))
+        self.matcher = Matcher(fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=False)
+        self.sampler = BalancedSampler(batch_size_per_image, positive_fraction)
+        self.box_roi_pool = box_roi_pool
+        self.box_head = box_head
+        self.box_predictor = box_predictor
+        self.score_thresh = score_thresh
+        self.nms_thresh = nms_thresh
+        self.detections_per_img = detections_per_img
+        self.mask_roi_pool = mask_roi_pool
+        self.mask_head = mask_head
+        self.mask_predictor = mask_predictor
+        self.class_agnostic_mask = class_agnostic_mask
+
+    def has_mask(self) -> bool:
+        return self.mask_predictor is not None
+
+    def forward(
+        self,
+        features: Mapping[str, Tensor],
+        proposals: Sequence[Tensor],
+        image_sizes: Sequence[tuple[int, int]],
+        targets: Sequence[Mapping[str, Tensor]] | None = None,
+    ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
+        if len(proposals) != len(image_sizes):
+            raise ValueError(f"proposals must have one Tensor[P, 4] per image: {len(proposals)} for {len(image_sizes)}")
+        for i, p in enumerate(proposals):
+            check_boxes(p, f"proposals[{i}]")
+        if self.training:
+            if targets is None:
+                raise ValueError("targets must be given in training mode (a list of dicts with 'boxes', 'labels')")
+            check_targets(targets, image_sizes, masks=self.has_mask())
+            proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
+        class_logits, box_regression = self.box_predictor(self.box_head(self.box_roi_pool(features, list(proposals), image_sizes)))
+        if self.training:
+            num_classes = class_logits.shape[1]
+            for i, target in enumerate(targets):
+                if (target["labels"] >= num_classes).any():
+                    raise ValueError(f"targets[{i}]['labels'] must be < num_classes={num_classes}, got {target['labels'].tolist()}")
+            loss_classifier, loss_box_reg = fast_rcnn_loss(class_logits, box_regression, labels, regression_targets)
+            losses = {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
+            if self.has_mask():
+                losses["loss_mask"] = self.mask_training_loss(features, proposals, image_sizes, targets, matched_idxs, labels)
+            return [], losses
+        boxes, scores, labels = self.postprocess_detections(class_logits, box_regression, proposals, image_sizes)
+        detections = [{"boxes": b, "labels": c, "scores": s} for b, s, c in zip(boxes, scores, labels)]
+        if self.has_mask():
+            logits = self.mask_logits(features, boxes, image_sizes)
+            channels = torch.cat(labels)
+            if self.class_agnostic_mask:
+                channels = torch.zeros_like(channels)
+            probs = logits[torch.arange(channels.shape[0], device=channels.device), channels][:, None].sigmoid()
+            for detection, image_probs in zip(detections, probs.split([b.shape[0] for b in boxes])):
+                detection["masks"] = image_probs
+        return detections, {}
+
+    def select_training_samples(
+        self, proposals: Sequence[Tensor], targets: Sequence[Mapping[str, Tensor]]
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
+        """Add the ground truths to the proposals, match, sample: per image the sampled RoIs
+        Tensor[K_i, 4], their matched ground-truth indices, labels (0 background) and regression targets."""
+        rois, matched_idxs, labels, regression_targets = [], [], [], []
+        for image_proposals, target in zip(proposals, targets):
+            gt_boxes = target["boxes"].to(image_proposals.dtype)
+            # The ground truths are perfect proposals: they make sure every object has positives early on.
+            image_proposals = torch.cat([image_proposals, gt_boxes])
+            image_matched, image_labels = self.assign_targets(image_proposals, gt_boxes, target["labels"])
+            pos, neg = self.sampler([image_labels])
+            keep = torch.where(pos[0] | neg[0])[0]
+            image_proposals, image_matched, image_labels = image_proposals[keep], image_matched[keep], image_labels[keep]
+            matched_boxes = gt_boxes[image_matched] if gt_boxes.shape[0] else torch.zeros_like(image_proposals)
+            rois.append(image_proposals)
+            matched_idxs.append(image_matched)
+            labels.append(image_labels)
+            regression_targets.append(self.box_coder.encode(matched_boxes, image_proposals))
+        return rois, matched_idxs, labels, regression_targets
+
+    def assign_targets(self, proposals: Tensor, gt_boxes: Tensor, gt_labels: Tensor) -> tuple[Tensor, Tensor]:
+        """Per proposal: the matched ground truth's index (0 where unmatched) and its label (0 background, -1 ignored)."""
+        if gt_boxes.shape[0] == 0:
+            zeros = torch.zeros(proposals.shape[0], dtype=torch.int64, device=proposals.device)
+            return zeros, zeros.clone()
+        matches = self.matcher(box_iou(gt_boxes, proposals))
+        matched = matches.clamp(min=0)
+        labels = gt_labels[matched].to(torch.int64)
+        labels[matches == BELOW_LOW_THRESHOLD] = 0
+        labels[matches == BETWEEN_THRESHOLDS] = -1
+        return matched, labels
+
+    def mask_logits(self, features: Mapping[str, Tensor], boxes: Sequence[Tensor], image_sizes: Sequence[tuple[int, int]]) -> Tensor:
+        """Mask logits Tensor[sum K_i, num_classes (or 1), M, M] for per-image boxes Tensor[K_i, 4]."""
+        logits = self.mask_predictor(self.mask_head(self.mask_roi_pool(features, list(boxes), image_sizes)))
+        if self.class_agnostic_mask and logits.shape[1] != 1:
+            raise ValueError(f"class_agnostic_mask needs a mask predictor with 1 channel, it gives {logits.shape[1]}")
+        return logits
+
+    def mask_training_loss(
+        self,
+        features: Mapping[str, Tensor],
+        rois: Sequence[Tensor],
+        image_sizes: Sequence[tuple[int, int]],
+        targets: Sequence[Mapping[str, Tensor]],
+        matched_idxs: Sequence[Tensor],
+        labels: Sequence[Tensor],
+    ) -> Tensor:
+        """``loss_mask`` over the foreground RoIs whose object has a mask (``has_mask``, default all)."""
+        mask_rois, mask_targets, channels = [], [], []
+        for image_rois, target, matched, image_labels in zip(rois, targets, matched_idxs, labels):
+            has_mask = target.get("has_mask")
+            keep = image_labels > 0
+            if has_mask is not None:
+                # Objects without a mask train the box branch only; no mask pixel of theirs is read.
+                keep &= has_mask.to(keep.device)[matched]
+            mask_rois.append(image_rois[keep])
+            channels.append(image_labels[keep])
+            mask_targets.append((target["masks"], image_rois[keep], matched[keep]))
+        logits = self.mask_logits(features, mask_rois, image_sizes)
+        size = logits.shape[-1]
+        targets_cut = torch.cat([project_masks_on_boxes(m, b, i, size) for m, b, i in mask_targets])
+        channels = torch.cat(channels)
+        if self.class_agnostic_mask:
+            channels = torch.zeros_like(channels)
+        return mask_loss(logits, channels, targets_cut)
+
+    def postprocess_detections(
+        self,
+        class_logits: Tensor,
+        box_regression: Tensor,
+        proposals: Sequence[Tensor],
+        image_sizes: Sequence[tuple[int, int]],
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """Scores, class-specific boxes, thresholds and per-class NMS: per image ``(boxes, scores, labels)``.
+
+        Same signature and results as torchvision's ``RoIHeads.postprocess_detections``.
+        """
+        num_classes = class_logits.shape[1]
+        counts = [p.shape[0] for p in proposals]
+        all_proposals = torch.cat(list(proposals))
+        pred_boxes = self.box_coder.decode(box_regression, all_proposals).reshape(-1, num_classes, 4)
+        pred_scores = F.softmax(class_logits, dim=-1)
+        all_boxes, all_scores, all_labels = [], [], []
+        for boxes, scores, size in zip(pred_boxes.split(counts), pred_scores.split(counts), image_sizes):
+            boxes = clip_boxes_to_image(boxes, size)
+            labels = torch.arange(num_classes, device=scores.device).expand_as(scores)
+            # Every (RoI, class) pair is a candidate detection; drop the background column.
+            boxes, scores, labels = boxes[:, 1:].reshape(-1, 4), scores[:, 1:].reshape(-1), labels[:, 1:].reshape(-1)
+            keep = torch.where(scores > self.score_thresh)[0]
+            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+            keep = remove_small_boxes(boxes, MIN_DETECTION_SIZE)
+            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+            keep = batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]
+            all_boxes.append(boxes[keep])
+            all_scores.append(scores[keep])
+            all_labels.append(labels[keep])
+        return all_boxes, all_scores, all_labels

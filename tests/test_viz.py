@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+from fpnbook import viz
+from fpnbook.data import CocoDataset, val_paths
+
+
+@pytest.fixture(scope="module")
+def sample():
+    dataset = CocoDataset(*val_paths())
+    index = next(i for i in range(len(dataset)) if len(dataset[i][1]["boxes"]) >= 2)
+    image, target = dataset[index]
+    return image, target, dataset.class_names
+
+
+def test_draw_target(sample):
+    image, target, names = sample
+    drawn = viz.draw_detections(image, target, class_names=names)
+    assert drawn.dtype == torch.uint8 and drawn.shape == image.shape
+    plain = viz.to_uint8(image)
+    changed = (drawn != plain).any(0)
+    x1, y1, x2, y2 = target["boxes"][0].int().tolist()
+    assert changed[y1, x1 : x2 - 1].any()  # the box's top edge was drawn
+    mask = target["masks"].bool().any(0)
+    assert changed[mask].float().mean() > 0.9  # masks are tinted
+    assert not changed[~mask].all()
+
+
+def test_draw_output_keeps_confident_detections(sample):
+    image, target, names = sample
+    n = len(target["boxes"])
+    output = {
+        "boxes": target["boxes"].as_subclass(torch.Tensor),
+        "labels": target["labels"],
+        "scores": torch.linspace(0.9, 0.1, n),
+        "masks": target["masks"][:, None].float() * 0.8,
+    }
+    confident = viz.draw_detections(image, output, names, score_threshold=0.5)
+    keep = output["scores"] >= 0.5
+    only_kept = {k: v[keep] for k, v in output.items()}
+    assert torch.equal(confident, viz.draw_detections(image, only_kept, names, score_threshold=0.5))
+    nothing = viz.draw_detections(image, output, names, score_threshold=1.0)
+    assert torch.equal(nothing, viz.to_uint8(image))
+    # Without class names the labels are numbers; uint8 images work too.
+    assert viz.draw_detections(viz.to_uint8(image), target).shape == image.shape
+
+
+def test_draw_rejects_bad_input(sample):
+    image, target, _ = sample
+    with pytest.raises(ValueError, match="image"):
+        viz.draw_detections(image[0], target)
+    with pytest.raises(ValueError, match="labels"):
+        viz.draw_detections(image, {"boxes": target["boxes"], "labels": target["labels"][:1]})
+
+
+def test_show_grid(sample):
+    image, target, names = sample
+    drawn = viz.draw_detections(image, target, names)
+    figure = viz.show_grid([image, drawn, np.zeros((8, 8, 3), np.uint8)], ncols=2, titles=["image", "target", "blank"])
+    assert isinstance(figure, Figure)
+    assert len(figure.axes) == 4 and [ax.get_title() for ax in figure.axes[:3]] == ["image", "target", "blank"]
+    assert len(viz.show_grid([image], ncols=4).axes) == 1
+    with pytest.raises(ValueError, match="titles"):
+        viz.show_grid([image], ncols=1, titles=["a", "b"])
+    with pytest.raises(ValueError, match="ncols"):
+        viz.show_grid([image], ncols=0)
