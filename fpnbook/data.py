@@ -360,7 +360,9 @@ def generate_split(
                 "split": split,
             },
             "licenses": [],
-            "categories": [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(SHAPE_CLASSES)],
+            "categories": [
+                {"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(SHAPE_CLASSES)
+            ],
             "images": images,
             "annotations": annotations,
         }
@@ -437,7 +439,9 @@ def val_paths() -> tuple[Path, Path]:
     """(image_dir, ann_file) of the validation split committed under the repository's ``data/``."""
     image_dir, ann_file = VAL_DIR / "val", VAL_DIR / "val.json"
     if not ann_file.is_file() or not image_dir.is_dir():
-        raise FileNotFoundError(f"committed validation split not found at {ann_file}; is fpnbook installed from the repository?")
+        raise FileNotFoundError(
+            f"committed validation split not found at {ann_file}; is fpnbook installed from the repository?"
+        )
     return image_dir, ann_file
 
 
@@ -466,8 +470,16 @@ def _load_coco_json(ann_file: Path) -> COCO:
     if not isinstance(dataset.get("categories"), list):
         raise ValueError(f"{ann_file} is not a COCO annotation file: no 'categories' list")
     dataset.setdefault("annotations", [])
+    cat_ids = {c.get("id") for c in dataset["categories"] if isinstance(c, dict)}
     for annotation in dataset["annotations"]:
+        if not isinstance(annotation, dict):
+            raise ValueError(f"{ann_file}: every annotation must be a JSON object, got {annotation!r}")
         _check_bbox(annotation)
+        if annotation.get("category_id") not in cat_ids:
+            raise ValueError(
+                f"annotation {annotation.get('id')!r} has category_id {annotation.get('category_id')!r}, "
+                f"which is not among the categories of {ann_file}"
+            )
     coco = COCO()
     coco.dataset = dataset
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress

@@ -29,9 +29,8 @@ reading the feature map as a table with one row (C channels) per pixel.
 - RoIAlign's average of bilinear samples is a weighted sum of pixels. It is
   separable: the samples of a bin form a grid of rows x columns, so its weights
   are (weights over rows) x (weights over columns), each a short band of pixels.
-- RoIPool's bin max is found with the doubling trick (the max over any run of
-  pixels is the max of two overlapping power-of-two windows), then read from the
-  argmax pixel, so that the gradient goes where torchvision's kernel sends it.
+- RoIPool's bin max uses the doubling trick: the max over any run of pixels is
+  the max of two overlapping power-of-two windows, read from small tables.
 
 Like torchvision, no gradient flows to the boxes.
 """
@@ -252,62 +251,48 @@ def _pool_bins(start: Tensor, length: Tensor, pooled: int, size: int, dtype: tor
     return lo, hi - lo
 
 
-def _first_max(a: tuple[Tensor, Tensor], b: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-    """Elementwise max of two (value, pixel) pairs; a tie goes to the lower pixel index,
-    i.e. the first pixel in row-major order, as in torchvision's kernel."""
-    take_b = (b[0] > a[0]) | ((b[0] == a[0]) & (b[1] < a[1]))
-    return torch.where(take_b, b[0], a[0]), torch.where(take_b, b[1], a[1])
-
-
-def _double(table: tuple[Tensor, Tensor], step: int, dim: int) -> tuple[Tensor, Tensor]:
-    """Windows of length 2 * step from windows of length ``step`` along ``dim`` of [N, H, W, C].
-    The last ``step`` positions, whose windows would leave the map, are kept as they are
-    (no bin asks for them)."""
-    n = table[0].shape[dim]
-    head = _first_max(tuple(t.narrow(dim, 0, n - step) for t in table), tuple(t.narrow(dim, step, n - step) for t in table))
-    return tuple(torch.cat([h, t.narrow(dim, n - step, step)], dim) for h, t in zip(head, table))
-
-
-def _bin_argmax(maps: Tensor, batch: Tensor, row_lo: Tensor, rows: Tensor, col_lo: Tensor, cols: Tensor) -> Tensor:
-    """For B rectangles of pixels, the pixel holding each channel's max. Returns [B, C] long.
+def _bin_max(maps: Tensor, batch: Tensor, row_lo: Tensor, rows: Tensor, col_lo: Tensor, cols: Tensor) -> Tensor:
+    """Max over B rectangles of pixels, per channel. Returns [B, C].
 
     maps: [N, H, W, C]; batch, row_lo, rows, col_lo, cols: [B] long, with rows, cols >= 1.
 
-    The doubling trick: a max over ``n`` consecutive pixels equals the max of two
-    windows of length ``2**j <= n`` that start at either end and overlap (the max
-    does not mind counting a pixel twice). So tables of maxima over 2**jy x 2**jx
-    windows, each made from the previous one with one elementwise max, answer every
-    rectangle with four reads, whatever its size.
+    The doubling trick: the max over ``n`` consecutive pixels equals the max of two
+    windows of length ``2**j <= n``, one starting at each end; they overlap, and the
+    max does not mind counting a pixel twice. So a table of maxima over
+    ``2**jy x 2**jx`` windows, made from the previous table with one elementwise
+    max, answers every rectangle of that size class with four reads.
     """
-    num, height, width, channels = maps.shape
-    pixel = torch.arange(num * height * width, device=maps.device).view(num, height, width, 1).expand(maps.shape)
+    channels = maps.shape[-1]
     # floor(log2(n)) exactly: frexp writes n = m * 2**e with m in [0.5, 1).
     level_y = torch.frexp(rows.to(torch.float64))[1] - 1
     level_x = torch.frexp(cols.to(torch.float64))[1] - 1
-    argmax = torch.zeros(len(batch), channels, dtype=torch.long, device=maps.device)
-    column = (maps, pixel.contiguous())
+    found, pieces = [], []
+    column = maps
     for jy in range(int(level_y.max()) + 1):
-        if jy:
-            column = _double(column, 2 ** (jy - 1), dim=1)
+        if jy:  # windows 2**jy tall; the table loses the rows whose window would leave the map
+            step = 2 ** (jy - 1)
+            column = torch.maximum(column[:, :-step], column[:, step:])
         table = column
         for jx in range(int(level_x.max()) + 1):
             if jx:
-                table = _double(table, 2 ** (jx - 1), dim=2)
+                step = 2 ** (jx - 1)
+                table = torch.maximum(table[:, :, :-step], table[:, :, step:])
             here = torch.nonzero((level_y == jy) & (level_x == jx)).squeeze(1)
             if not len(here):
                 continue
+            height, width = table.shape[1:3]
+            flat = table.reshape(-1, channels)
             b = batch[here]
             top, bottom = row_lo[here], row_lo[here] + rows[here] - 2**jy
             left, right = col_lo[here], col_lo[here] + cols[here] - 2**jx
-            flat_values, flat_pixels = (t.reshape(-1, channels) for t in table)
 
-            def read(r: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-                at = (b * height + r) * width + c
-                return flat_values[at], flat_pixels[at]
+            def read(r: Tensor, c: Tensor) -> Tensor:
+                return flat[(b * height + r) * width + c]
 
-            best = _first_max(_first_max(read(top, left), read(top, right)), _first_max(read(bottom, left), read(bottom, right)))
-            argmax[here] = best[1]
-    return argmax
+            found.append(here)
+            pieces.append(torch.maximum(torch.maximum(read(top, left), read(top, right)), torch.maximum(read(bottom, left), read(bottom, right))))
+    order = torch.cat(found).argsort()
+    return torch.cat(pieces)[order]
 
 
 def roi_pool(
@@ -331,8 +316,9 @@ def roi_pool(
         spatial_scale: feature pixels per image pixel, ``1 / stride``.
 
     Returns:
-        Tensor[K, C, h, w]. The gradient of each output goes to the first pixel
-        (row by row) holding the bin's max.
+        Tensor[K, C, h, w]. The gradient of each output goes to the pixel holding the
+        bin's max; where several pixels tie for it, they share the gradient
+        (torchvision gives it all to the first one, row by row).
     """
     _check_input(input)
     _check_scale(spatial_scale)
@@ -355,14 +341,10 @@ def roi_pool(
     col_lo, cols = (t[:, None, :].expand(shape).reshape(-1) for t in (col_lo, cols))
     filled = torch.nonzero((rows > 0) & (cols > 0)).squeeze(1)
 
-    table = _pixel_table(input)
-    pooled = table.new_zeros(len(batch), channels)
-    with torch.no_grad():
-        argmax = _bin_argmax(
-            input.detach().permute(0, 2, 3, 1), batch[filled], row_lo[filled], rows[filled], col_lo[filled], cols[filled]
-        )
-    # Only this gather is differentiated: each output's gradient goes to its argmax pixel.
-    pooled = pooled.index_put((filled,), table.gather(0, argmax))
+    maxima = _bin_max(
+        input.permute(0, 2, 3, 1).contiguous(), batch[filled], row_lo[filled], rows[filled], col_lo[filled], cols[filled]
+    )
+    pooled = input.new_zeros(len(batch), channels).index_put((filled,), maxima)
     return _bins_to_nchw(pooled, num_rois, out_h, out_w)
 
 

@@ -53,7 +53,8 @@ class FasterRCNN(nn.Module):
     ``out_channels`` returning an ordered dict of maps). ``num_classes`` counts the
     background. ``rpn`` / ``roi_heads``: ready-made modules, or None to build the defaults
     described in the module docstring from ``anchor_sizes``, ``canonical_scale``,
-    ``representation_size`` and the ``box_*`` settings. The RPN uses every map; the RoI
+    ``representation_size`` and the ``box_*`` settings (RoIs sampled per image, score
+    threshold, NMS IoU, detections kept). The RPN uses every map; the RoI
     heads pool from all maps but the last (P2..P5 when the FPN adds P6).
     """
 
@@ -67,14 +68,15 @@ class FasterRCNN(nn.Module):
         anchor_sizes: Sequence[Sequence[float]] = SMALL_ANCHOR_SIZES,
         canonical_scale: int = CANONICAL_SCALE,
         representation_size: int = 256,
+        box_batch_size_per_image: int = 512,
         box_score_thresh: float = 0.05,
         box_nms_thresh: float = 0.5,
         box_detections_per_img: int = 100,
     ) -> None:
         super().__init__()
-        for attribute in ("names", "out_channels"):
-            if not hasattr(backbone, attribute):
-                raise TypeError(f"backbone must have a {attribute!r} attribute (see fpnbook.fpn.BackboneWithFPN)")
+        if not isinstance(getattr(backbone, "out_channels", None), int) or not hasattr(backbone, "names"):
+            raise TypeError("backbone must have 'names' and one int 'out_channels' shared by every level "
+                            "(e.g. fpnbook.fpn.BackboneWithFPN)")
         if roi_heads is None and (num_classes is None or num_classes < 2):
             raise ValueError(f"num_classes (background included, so at least 2) is needed to build the RoI heads, got {num_classes}")
         self.backbone = backbone
@@ -88,6 +90,7 @@ class FasterRCNN(nn.Module):
                 pool,
                 TwoMLPHead(channels * BOX_POOL_SIZE**2, representation_size),
                 BoxPredictor(representation_size, num_classes),
+                batch_size_per_image=box_batch_size_per_image,
                 score_thresh=box_score_thresh,
                 nms_thresh=box_nms_thresh,
                 detections_per_img=box_detections_per_img,
@@ -150,12 +153,16 @@ class MaskRCNN(FasterRCNN):
             if not roi_heads.has_mask():
                 raise ValueError("roi_heads given to MaskRCNN must have a mask branch")
             return
+        if mask_roi_pool is None:
+            names = self.roi_names(list(backbone.names))
+            mask_roi_pool = MultiScaleRoIAlign(names, MASK_POOL_SIZE, 2, canonical_scale=canonical_scale)
+        if mask_head is None:
+            mask_head = MaskHead(backbone.out_channels, mask_layers)
+        if mask_predictor is None:
+            channels = mask_head.out_channels if isinstance(mask_head, MaskHead) else mask_layers[-1]
+            mask_predictor = MaskPredictor(channels, mask_dim_reduced, 1 if class_agnostic_mask else num_classes)
         heads = self.roi_heads
-        names = self.roi_names(list(backbone.names))
-        heads.mask_roi_pool = mask_roi_pool or MultiScaleRoIAlign(names, MASK_POOL_SIZE, 2, canonical_scale=canonical_scale)
-        heads.mask_head = mask_head or MaskHead(backbone.out_channels, mask_layers)
-        mask_channels = 1 if class_agnostic_mask else num_classes
-        heads.mask_predictor = mask_predictor or MaskPredictor(heads.mask_head.out_channels, mask_dim_reduced, mask_channels)
+        heads.mask_roi_pool, heads.mask_head, heads.mask_predictor = mask_roi_pool, mask_head, mask_predictor
         heads.class_agnostic_mask = class_agnostic_mask
 
 

@@ -56,11 +56,7 @@ from torchvision.ops import batched_nms
 
 from .boxes import BoxCoder, box_iou, check_boxes, clip_boxes_to_image, remove_small_boxes
 from .matching import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, BalancedSampler, Matcher
-
-try:
-    from .ops import roi_align
-except ImportError:  # fpnbook.ops is still being written; torchvision's has the same signature.
-    from torchvision.ops import roi_align
+from .ops import roi_align
 
 # Detections below this width or height (pixels) are dropped, as torchvision does.
 MIN_DETECTION_SIZE = 1e-2
@@ -134,7 +130,7 @@ class MaskPredictor(nn.Module):
 
     forward: Tensor[K, in_channels, S, S] -> Tensor[K, num_classes, 2S, 2S] logits.
     Submodules ``conv5_mask`` and ``mask_fcn_logits`` are named like torchvision's
-    ``MaskRCNNPredictor``. See the module docstring for the contract that lets weight
+    ``MaskRCNNPredictor`` (whose state dict loads as it is). See the module docstring for the contract that lets weight
     transfer replace :meth:`class_weights`.
     """
 
@@ -143,9 +139,11 @@ class MaskPredictor(nn.Module):
         self.num_classes = num_classes
         self.conv5_mask = nn.ConvTranspose2d(in_channels, dim_reduced, 2, stride=2)
         self.mask_fcn_logits = nn.Conv2d(dim_reduced, num_classes, 1)
-        for layer in (self.conv5_mask, self.mask_fcn_logits):
-            nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
-            nn.init.zeros_(layer.bias)
+        # Detectron2's init: tiny per-class weights, so every mask starts at probability ~0.5.
+        nn.init.kaiming_normal_(self.conv5_mask.weight, mode="fan_out", nonlinearity="relu")
+        nn.init.normal_(self.mask_fcn_logits.weight, std=0.001)
+        nn.init.zeros_(self.conv5_mask.bias)
+        nn.init.zeros_(self.mask_fcn_logits.bias)
 
     def upsample(self, x: Tensor) -> Tensor:
         """Tensor[K, in_channels, S, S] -> Tensor[K, dim_reduced, 2S, 2S]: the features every class' mask reads."""

@@ -5,6 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
@@ -46,7 +48,8 @@ def test_same_seed_gives_identical_bytes(tmp_path):
     data.generate_dataset(tmp_path / "b", train=3, val=2, image_size=64, seed=7, progress=False)
     data.generate_dataset(tmp_path / "c", train=3, val=2, image_size=64, seed=8, progress=False)
     a, b, c = tree_bytes(tmp_path / "a"), tree_bytes(tmp_path / "b"), tree_bytes(tmp_path / "c")
-    assert sorted(a) == ["train.json", *(f"train/00000{i}.png" for i in range(3)), "val.json", "val/000000.png", "val/000001.png"]
+    train_files = [f"train/00000{i}.png" for i in range(3)]
+    assert sorted(a) == ["train.json", *train_files, "val.json", "val/000000.png", "val/000001.png"]
     assert a == b
     assert a["train/000000.png"] != c["train/000000.png"]
     assert a["train/000000.png"] != a["val/000000.png"]  # train and val never share images
@@ -114,6 +117,23 @@ def test_shapes_have_holes_and_the_smallest_still_have_pixels():
     for name in data.SHAPE_CLASSES:
         small, _, _ = data._shape_mask(name, 8.0, float(rng.uniform(0, 6)), (10.3, 10.7))
         assert small.sum() >= data.MIN_VISIBLE_PIXELS, name
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    name=st.sampled_from(data.SHAPE_CLASSES),
+    diameter=st.floats(8, 200),
+    angle=st.floats(0, 7),
+    x=st.floats(-50, 300),
+    y=st.floats(-50, 300),
+)
+def test_a_shape_fits_inside_its_canvas(name, diameter, angle, x, y):
+    # A shape touching the canvas edge would have been cut off.
+    mask, x0, y0 = data._shape_mask(name, diameter, angle, (x, y))
+    assert mask.shape[0] == mask.shape[1] >= diameter
+    assert not (mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())
+    assert mask.sum() > 0.2 * diameter**2
+    assert x0 <= x <= x0 + mask.shape[1] and y0 <= y <= y0 + mask.shape[0]
 
 
 def test_sizes_include_many_small_objects_and_some_large():
@@ -281,7 +301,8 @@ def test_works_with_v2_transforms(small_split):
     resized = data.CocoDataset(*small_split, transforms=v2.Compose([v2.Resize(128), v2.ToDtype(torch.float32)]))
     image_r, target_r = resized[index]
     assert image_r.shape == (3, 128, 128) and target_r["masks"].shape[-2:] == (128, 128)
-    torch.testing.assert_close(target_r["boxes"].as_subclass(torch.Tensor), target["boxes"].as_subclass(torch.Tensor) * 2)
+    plain_boxes = target["boxes"].as_subclass(torch.Tensor)
+    torch.testing.assert_close(target_r["boxes"].as_subclass(torch.Tensor), plain_boxes * 2)
 
 
 def test_collate_and_dataloader(small_split):
@@ -401,6 +422,13 @@ def test_bad_bbox_names_the_annotation(tmp_path, bbox):
     if bbox is None:
         del coco["annotations"][4]["bbox"]
     with pytest.raises(ValueError, match="annotation 5"):
+        data.CocoDataset(*write_coco(tmp_path, coco, odd_images()))
+
+
+def test_unknown_category_names_the_annotation(tmp_path):
+    coco = real_coco_like()
+    coco["annotations"][1]["category_id"] = 2
+    with pytest.raises(ValueError, match="annotation 2"):
         data.CocoDataset(*write_coco(tmp_path, coco, odd_images()))
 
 

@@ -9,6 +9,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.faster_rcnn import TwoMLPHead as TorchvisionTwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 
+from fpnbook.boxes import clip_boxes_to_image
 from fpnbook.roi_heads import (
     BoxPredictor,
     MaskHead,
@@ -324,14 +325,18 @@ def test_heads_shapes():
 def test_paste_equals_torchvision():
     g = torch.Generator().manual_seed(0)
     masks = torch.rand(40, 1, 28, 28, generator=g)
-    xy = torch.rand(40, 2, generator=g) * 140 - 20  # some boxes stick out of the 96x128 image
+    xy = torch.rand(40, 2, generator=g) * torch.tensor([140.0, 110.0]) - 20
     wh = torch.rand(40, 2, generator=g) ** 2 * 120 + 0.3  # from sub-pixel to larger than the mask
-    boxes = torch.cat([xy, xy + wh], dim=1)
+    # Clipped to the image, as detections are (torchvision's paste fails on boxes wholly outside);
+    # the 1-cell padding still grows boxes at the border past the image.
+    boxes = clip_boxes_to_image(torch.cat([xy, xy + wh], dim=1), (96, 128))
     ours = paste_masks_in_image(masks, boxes, (96, 128))
     expected = tv_roi_heads.paste_masks_in_image(masks, boxes, (96, 128))
     assert ours.shape == expected.shape == (40, 1, 96, 128)
     torch.testing.assert_close(ours, expected, rtol=0, atol=1e-5)
     assert paste_masks_in_image(masks[:0], boxes[:0], (5, 7)).shape == (0, 1, 5, 7)
+    outside = torch.tensor([[-50.0, 10.0, -20.0, 30.0], [10.0, 120.0, 40.0, 150.0]])
+    assert paste_masks_in_image(masks[:2], outside, (96, 128)).abs().sum() == 0
     with pytest.raises(ValueError, match="masks"):
         paste_masks_in_image(masks[:, 0], boxes, (96, 128))
     with pytest.raises(ValueError, match="boxes"):
@@ -345,7 +350,7 @@ def test_paste_equals_torchvision():
 )
 def test_paste_equals_torchvision_property(x1, y1, w, h, size, height, width):
     mask = torch.rand(1, 1, size, size, generator=torch.Generator().manual_seed(1))
-    box = torch.tensor([[x1, y1, x1 + w, y1 + h]])
+    box = clip_boxes_to_image(torch.tensor([[x1, y1, x1 + w, y1 + h]]), (height, width))
     ours = paste_masks_in_image(mask, box, (height, width))
     torch.testing.assert_close(ours, tv_roi_heads.paste_masks_in_image(mask, box, (height, width)), rtol=0, atol=1e-5)
 

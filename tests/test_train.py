@@ -29,7 +29,8 @@ class ToyDetector(nn.Module):
 
 
 class ToyDataset(torch.utils.data.Dataset):
-    def __init__(self, n=10):
+    def __init__(self, n=10, random_flip=True):
+        self.random_flip = random_flip
         g = torch.Generator().manual_seed(0)
         self.images = [torch.rand(3, 16, 16, generator=g) for _ in range(n)]
         self.boxes = [torch.rand(2, 4, generator=g) * 32 for _ in range(n)]
@@ -38,7 +39,7 @@ class ToyDataset(torch.utils.data.Dataset):
         return len(self.images)
 
     def __getitem__(self, i):
-        flip = torch.rand(1).item() < 0.5  # a random transform, drawn from torch's global RNG
+        flip = self.random_flip and torch.rand(1).item() < 0.5  # drawn from torch's global RNG
         image = self.images[i].flip(-1) if flip else self.images[i]
         return image, {"boxes": self.boxes[i], "labels": torch.ones(2, dtype=torch.int64)}
 

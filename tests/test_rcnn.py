@@ -1,0 +1,229 @@
+import pytest
+import torch
+from torchvision.models.detection import MaskRCNN as TorchvisionMaskRCNN
+from torchvision.models.detection import rpn as tv_rpn
+from torchvision.models.detection.anchor_utils import AnchorGenerator as TorchvisionAnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+from torchvision.models.detection.faster_rcnn import TwoMLPHead as TorchvisionTwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+
+from fpnbook.images import IMAGENET_MEAN, IMAGENET_STD
+from fpnbook.rcnn import FasterRCNN, MaskRCNN, faster_rcnn_tiny, fpn_backbone_tiny, mask_rcnn_tiny
+from fpnbook.rpn import SMALL_ANCHOR_SIZES
+
+NUM_CLASSES = 3
+
+
+def scene(height=64, width=64, seed=0):
+    """An image with a bright square (class 1) and a dark disc (class 2), and its target."""
+    g = torch.Generator().manual_seed(seed)
+    image = torch.rand(3, height, width, generator=g) * 0.2 + 0.4
+    masks = torch.zeros(2, height, width, dtype=torch.uint8)
+    masks[0, 8:30, 10:34] = 1
+    y, x = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    masks[1] = ((y - 44) ** 2 + (x - 44) ** 2 <= 12**2).to(torch.uint8)
+    image[:, masks[0].bool()] = 0.95
+    image[:, masks[1].bool()] = 0.05
+    target = {
+        "boxes": torch.tensor([[10.0, 8.0, 34.0, 30.0], [32.0, 32.0, 57.0, 57.0]]),
+        "labels": torch.tensor([1, 2]),
+        "masks": masks,
+    }
+    return image, target
+
+
+def empty_target(height, width):
+    return {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
+            "masks": torch.zeros(0, height, width, dtype=torch.uint8)}
+
+
+MASK_LOSSES = {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask"}
+
+
+def test_losses_are_finite_and_backpropagate():
+    torch.manual_seed(0)
+    model = mask_rcnn_tiny(NUM_CLASSES)
+    image, target = scene()
+    other, other_target = scene(48, 80, seed=1)
+    other_target["masks"] = other_target["masks"][:, :48, :80]
+    other_target["boxes"] = other_target["boxes"].clamp(max=47)
+    losses = model([image, other], [target, other_target])
+    assert set(losses) == MASK_LOSSES
+    assert all(torch.isfinite(v) and v >= 0 for v in losses.values())
+    sum(losses.values()).backward()
+    assert model.backbone.backbone.stem[0].weight.grad.abs().sum() > 0
+    assert model.roi_heads.mask_predictor.mask_fcn_logits.weight.grad.abs().sum() > 0
+
+
+def test_a_few_sgd_steps_reduce_the_loss():
+    torch.manual_seed(0)
+    model = mask_rcnn_tiny(NUM_CLASSES, box_batch_size_per_image=64)  # fewer RoIs: a faster test
+    image, target = scene()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
+
+    def losses():
+        torch.manual_seed(1)  # the same anchors and RoIs sampled each time
+        return model([image], [target])
+
+    first = losses()
+    for _ in range(6):
+        optimizer.zero_grad()
+        sum(losses().values()).backward()
+        optimizer.step()
+    with torch.no_grad():
+        last = losses()
+    assert sum(last.values()) < 0.9 * sum(first.values())
+    # The box loss may grow for a while: a better RPN gives more foreground RoIs to regress.
+    for key in ("loss_objectness", "loss_classifier", "loss_mask"):
+        assert last[key] < first[key]
+
+
+def test_eval_output_format_with_masks_pasted_into_the_image():
+    torch.manual_seed(0)
+    model = mask_rcnn_tiny(NUM_CLASSES).eval()
+    images = [scene()[0], scene(48, 80)[0]]
+    with torch.no_grad():
+        out = model(images)
+    assert len(out) == 2
+    for detections, image in zip(out, images):
+        height, width = image.shape[1:]
+        assert set(detections) == {"boxes", "labels", "scores", "masks"}
+        n = len(detections["boxes"])
+        assert 0 < n <= 100
+        assert detections["masks"].shape == (n, 1, height, width) and detections["masks"].dtype == torch.float32
+        assert ((detections["masks"] >= 0) & (detections["masks"] <= 1)).all()
+        assert detections["labels"].dtype == torch.int64
+        assert ((detections["labels"] >= 1) & (detections["labels"] < NUM_CLASSES)).all()
+        assert (detections["scores"][:-1] >= detections["scores"][1:]).all()
+        boxes = detections["boxes"]
+        assert (boxes >= 0).all() and (boxes[:, 2] <= width).all() and (boxes[:, 3] <= height).all()
+        # Mask pixels live around their box (the paste pads the box by one 28th on each side).
+        outside = detections["masks"][:, 0].clone()
+        for m, b in zip(outside, boxes):
+            x1, y1, x2, y2 = b.tolist()
+            pad_x, pad_y = (x2 - x1) / 28 + 1, (y2 - y1) / 28 + 1
+            m[max(int(y1 - pad_y), 0): int(y2 + pad_y) + 1, max(int(x1 - pad_x), 0): int(x2 + pad_x) + 1] = 0
+        assert outside.abs().sum() == 0
+
+
+def test_faster_rcnn_has_no_masks():
+    torch.manual_seed(0)
+    model = faster_rcnn_tiny(NUM_CLASSES)
+    image, target = scene()
+    losses = model([image], [{"boxes": target["boxes"], "labels": target["labels"]}])
+    assert set(losses) == MASK_LOSSES - {"loss_mask"}
+    with torch.no_grad():
+        out = model.eval()([image])
+    assert set(out[0]) == {"boxes", "labels", "scores"}
+
+
+def test_images_without_objects_train_and_predict():
+    torch.manual_seed(0)
+    model = mask_rcnn_tiny(NUM_CLASSES)
+    blank = torch.full((3, 64, 96), 0.5)
+    losses = model([blank], [empty_target(64, 96)])
+    assert set(losses) == MASK_LOSSES
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert losses["loss_rpn_box_reg"] == 0 and losses["loss_box_reg"] == 0 and losses["loss_mask"] == 0
+    sum(losses.values()).backward()
+    image, target = scene()
+    losses = model([image, blank[:, :, :64]], [target, empty_target(64, 64)])
+    assert all(torch.isfinite(v) for v in losses.values())
+    with torch.no_grad():
+        out = MaskRCNN(fpn_backbone_tiny(), NUM_CLASSES, box_score_thresh=0.99).eval()([blank])
+    assert out[0]["boxes"].shape == (0, 4) and out[0]["masks"].shape == (0, 1, 64, 96)
+    assert out[0]["labels"].shape == (0,) and out[0]["scores"].shape == (0,)
+
+
+def test_bad_input_raises():
+    model = mask_rcnn_tiny(NUM_CLASSES)
+    image, target = scene()
+    with pytest.raises(ValueError, match="targets must be given"):
+        model([image])
+    bad = dict(target, boxes=torch.tensor([[10.0, 8.0, 4.0, 30.0], [32.0, 32.0, 57.0, 57.0]]))
+    with pytest.raises(ValueError, match=r"targets\[0\]\['boxes'\]"):
+        model([image], [bad])
+    with pytest.raises(ValueError, match=r"targets\[0\]\['masks'\]"):
+        model([image], [dict(target, masks=target["masks"][:, :32])])
+    with pytest.raises(ValueError, match=r"targets\[0\]\['masks'\]"):
+        model([image], [{k: v for k, v in target.items() if k != "masks"}])
+    with pytest.raises(ValueError, match=r"targets\[0\]\['labels'\]"):
+        model([image], [dict(target, labels=target["labels"].float())])
+    with pytest.raises(ValueError, match="one dict per image"):
+        model([image, image], [target])
+    with pytest.raises(ValueError, match="num_classes"):
+        model([image], [dict(target, labels=torch.tensor([1, NUM_CLASSES]))])
+    with pytest.raises(TypeError, match="images"):
+        model(torch.stack([image]), [target])
+    with pytest.raises(ValueError, match="num_classes"):
+        FasterRCNN(fpn_backbone_tiny())
+    with pytest.raises(TypeError, match="backbone"):
+        FasterRCNN(torch.nn.Conv2d(3, 3, 1), NUM_CLASSES)
+
+
+def torchvision_twin(model: MaskRCNN, image_size) -> TorchvisionMaskRCNN:
+    """torchvision's MaskRCNN around the same backbone module, with our heads' weights copied in.
+
+    Its transform resizes by min_size / max_size: set to the image size, the resize is the identity.
+    """
+    rpn_head = tv_rpn.RPNHead(model.backbone.out_channels, 3)
+    ours_rpn = model.rpn.head
+    rpn_head.load_state_dict({"conv.0.0.weight": ours_rpn.conv.weight, "conv.0.0.bias": ours_rpn.conv.bias,
+                              "cls_logits.weight": ours_rpn.objectness.weight, "cls_logits.bias": ours_rpn.objectness.bias,
+                              "bbox_pred.weight": ours_rpn.deltas.weight, "bbox_pred.bias": ours_rpn.deltas.bias})
+    heads = model.roi_heads
+    box_head = TorchvisionTwoMLPHead(heads.box_head.fc6.in_features, heads.box_head.fc6.out_features)
+    box_head.load_state_dict(heads.box_head.state_dict())
+    box_predictor = FastRCNNPredictor(heads.box_predictor.cls_score.in_features, NUM_CLASSES)
+    box_predictor.load_state_dict(heads.box_predictor.state_dict())
+    layers = [m.out_channels for m in heads.mask_head if isinstance(m, torch.nn.Conv2d)]
+    mask_head = MaskRCNNHeads(model.backbone.out_channels, layers, 1)
+    mask_head.load_state_dict({f"{int(k.split('.')[0]) // 2}.0.{k.split('.')[1]}": v for k, v in heads.mask_head.state_dict().items()})
+    mask_predictor = MaskRCNNPredictor(layers[-1], heads.mask_predictor.conv5_mask.out_channels, NUM_CLASSES)
+    mask_predictor.load_state_dict(heads.mask_predictor.state_dict())
+    return TorchvisionMaskRCNN(
+        model.backbone, min_size=min(image_size), max_size=max(image_size),
+        image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD),
+        rpn_anchor_generator=TorchvisionAnchorGenerator(SMALL_ANCHOR_SIZES, ((0.5, 1.0, 2.0),) * 5),
+        rpn_head=rpn_head, box_roi_pool=heads.box_roi_pool, box_head=box_head, box_predictor=box_predictor,
+        mask_roi_pool=heads.mask_roi_pool, mask_head=mask_head, mask_predictor=mask_predictor,
+    )
+
+
+def trained_a_little(seed=0):
+    """A tiny Mask R-CNN after a few steps, so that scores and boxes are not all alike."""
+    torch.manual_seed(seed)
+    model = mask_rcnn_tiny(NUM_CLASSES)
+    for p in model.rpn.head.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    torch.nn.init.normal_(model.roi_heads.box_predictor.cls_score.weight, std=0.2)
+    return model
+
+
+def test_eval_equals_torchvision_mask_rcnn_with_the_same_weights():
+    model = trained_a_little().eval()
+    images = [scene()[0], scene(seed=1)[0]]
+    theirs = torchvision_twin(model, (64, 64)).eval()
+    with torch.no_grad():
+        ours, expected = model(images), theirs(images)
+    for d, e in zip(ours, expected):
+        assert len(d["boxes"]) > 10
+        assert torch.equal(d["labels"], e["labels"])
+        for key in ("boxes", "scores", "masks"):
+            torch.testing.assert_close(d[key], e[key], rtol=1e-4, atol=1e-4)
+
+
+def test_training_losses_equal_torchvision_mask_rcnn():
+    model = trained_a_little()
+    (image, target), (other, other_target) = scene(), scene(seed=1)
+    theirs = torchvision_twin(model, (64, 64)).train()
+    torch.manual_seed(5)
+    expected = theirs([image, other], [target, other_target])
+    torch.manual_seed(5)
+    # torchvision's transform draws one random number per image to pick a training size; do the same.
+    for _ in range(2):
+        torch.empty(1).uniform_(0.0, 1.0)
+    losses = model([image, other], [target, other_target])
+    assert set(losses) == set(expected)
+    for key in losses:
+        torch.testing.assert_close(losses[key], expected[key], rtol=1e-4, atol=1e-5)
