@@ -63,7 +63,7 @@ print("fpnbook", fpnbook.__version__, "| torch", torch.__version__, "| torchvisi
 # %% [markdown]
 # ## 1. Why scale matters (`fpnbook.data`)
 #
-# The validation split of chapter 0: 64 images of 256 x 256 pixels. We take each object's
+# The validation split of chapter 0, 256 x 256 pixel images. We take each object's
 # box side as `√(w h)`, and its COCO size class from its mask area (small below 32²
 # pixels, medium below 96², large above), as `pycocotools` does.
 
@@ -102,7 +102,7 @@ small = int(sides.argmin())
 x1, y1, x2, y2 = target["boxes"][small].tolist()
 cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
 half = 24
-fig, axes = plt.subplots(1, 3, figsize=(9, 3.2), dpi=80)
+fig, axes = plt.subplots(1, 3, figsize=(9, 3.2), dpi=80, layout="constrained")
 axes[0].imshow(viz.draw_detections(image, target, class_names=val.class_names).permute(1, 2, 0))
 axes[0].add_patch(patches.Rectangle((cx - half, cy - half), 2 * half, 2 * half, fill=False, ec="w", lw=1.5))
 axes[0].set_title(f"image {target['image_id']}", fontsize=9)
@@ -146,11 +146,11 @@ def arrow(ax, start, end):
     ax.annotate("", xy=end, xytext=start, arrowprops=dict(arrowstyle="->", lw=1))
 
 
-sizes, heights = [2.4, 1.8, 1.3, 0.9], [1.5, 4.0, 6.2, 8.2]
-fig, axes = plt.subplots(1, 4, figsize=(9, 3.2), dpi=80)
+sizes, heights = [3.0, 2.2, 1.6, 1.1], [1.6, 4.5, 6.8, 8.8]
+fig, axes = plt.subplots(1, 4, figsize=(9, 2.8), dpi=80, layout="constrained")
 titles = ["(a) image pyramid", "(b) single map", "(c) feature hierarchy", "(d) FPN"]
 for ax, title in zip(axes, titles):
-    ax.set(xlim=(0, 10), ylim=(0, 10), aspect="equal", title=title)
+    ax.set(xlim=(0.5, 9.5), ylim=(0, 9.6), aspect="equal", title=title)
     ax.set_axis_off()
 for size, y in zip(sizes, heights):  # (a): each image scale gets its own deep map
     axes[0].add_patch(patches.Rectangle((2.5 - size / 2, y - size / 2), size, size, fc="0.85", ec="k", lw=0.8))
@@ -176,7 +176,8 @@ plt.show()
 # - (a) C4 of the image at x4, x2, x1 and x1/2: C4 has stride 16, so these are the
 #   strides 4, 8, 16 and 32 of the original image, each with C4's depth: the C4
 #   baseline (a) of Table 1 below, run on an image pyramid;
-# - (b) C4 alone; (c) C2..C5; (d) P2..P6 of an FPN with 64 channels on C2..C5.
+# - (b) C4 alone (the figure draws the last map; Table 1 below tries both C4 and C5);
+# - (c) C2..C5; (d) P2..P6 of an FPN with 64 channels on C2..C5.
 
 # %%
 photo = torch.from_numpy(skimage.data.astronaut()).permute(2, 0, 1).float() / 255
@@ -214,7 +215,7 @@ assert ratio > 1
 # %% [markdown]
 # FLOPs are counted by `torch.utils.flop_counter.FlopCounterMode` (a multiply-add is two
 # FLOPs). Times depend on the machine, so the cell below prints them but checks only
-# their order: best of three runs, on two threads.
+# their order: the best of a few runs, on two threads.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -228,15 +229,18 @@ def best_time(function, repeats=3):
 
 
 with torch.no_grad():
-    seconds = {name: best_time(design) for name, design in designs.items()}
+    seconds = {name: best_time(design, repeats=2 if name.startswith("(a)") else 3) for name, design in designs.items()}
 for name, s in seconds.items():
     print(f"{name:22} {1000 * s:7.1f} ms")
 assert seconds["(a) image pyramid"] > seconds["(d) FPN"]
 
 # %% [markdown]
-# On our tiny backbone the FPN costs more than the backbone itself: its 3x3 smoothing
-# conv runs with 64 channels on the 64 x 64 map P2, where C2 has only 16. On the paper's
-# ResNet-50 with 256 channels the same FPN is a small addition:
+# The FPN is not free: its 3x3 smoothing conv runs with 64 channels on the 64 x 64 map
+# P2, where C2 has only 16, so on our tiny backbone it costs more than the backbone.
+# The same holds, less sharply, for the paper's ResNet-50 with 256-channel levels. What
+# the FPN avoids is the image pyramid's multiplier: running the network on images of
+# 4, 2, 1 and 1/2 times the side costs 16 + 4 + 1 + 1/4 times the network, whatever
+# the network.
 
 # %%
 torch.manual_seed(0)
@@ -249,7 +253,8 @@ with torch.no_grad():
             model(batch)
         cost[name] = counter.get_total_flops() / 1e9
 print({name: f"{g:.2f} GFLOPs" for name, g in cost.items()},
-      f"| the FPN adds {cost['ResNet-50 + FPN'] / cost['ResNet-50'] - 1:.0%}")
+      f"| the FPN adds {cost['ResNet-50 + FPN'] / cost['ResNet-50'] - 1:.0%} to the backbone")
+print(f"an image pyramid at scales {SCALES} costs {sum(s**2 for s in SCALES)} times its network")
 
 # %% [markdown]
 # The maps themselves (their norm over channels; the weights are random, so look at the
@@ -392,7 +397,7 @@ for name, levels in designs_anchors.items():
 # %%
 best_iou = {name: torch.stack([boxes.box_iou(gt_boxes, a).max(dim=1).values for a in levels], dim=1)
             for name, levels in designs_anchors.items()}  # [objects, levels]
-fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), dpi=80, gridspec_kw=dict(width_ratios=[1, 1.6]))
+fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), dpi=80, layout="constrained", gridspec_kw=dict(width_ratios=[1, 1.6]))
 axes[0].imshow(photo.permute(1, 2, 0))
 colours = plt.cm.plasma(np.linspace(0, 0.85, 5))
 for name, cell, colour in zip(level_names, generator.cell_anchors(), colours):
@@ -467,12 +472,16 @@ for name, scale in canonical_scales.items():
 # %%
 side_axis = torch.linspace(4, 256, 2000)
 square = torch.stack([torch.zeros_like(side_axis), torch.zeros_like(side_axis), side_axis, side_axis], dim=1)
-fig, ax = plt.subplots(figsize=(7, 3.2), dpi=80)
-ax.hist(gt_side, bins=np.geomspace(4, 256, 25), color="0.85", weights=np.full(len(gt_side), 4 / len(gt_side)))
+fig, ax = plt.subplots(figsize=(7, 3.2), dpi=80, layout="constrained")
+counts = ax.twinx()
+counts.hist(gt_side, bins=np.geomspace(4, 256, 25), color="0.85")
+counts.set_ylabel("our objects", color="0.5")
+ax.set_zorder(counts.get_zorder() + 1)
+ax.patch.set_visible(False)
 for (name, scale), colour in zip(canonical_scales.items(), ["tab:red", "tab:orange", "tab:blue"]):
     ax.step(side_axis, roi_level(square, scale), where="post", color=colour, label=f"{name}: {scale:.0f}")
-ax.set(xscale="log", xlabel="RoI side √(wh), px", ylabel="level k", yticks=[2, 3, 4, 5],
-       title="RoI -> level (grey: our object sizes, scaled)")
+ax.set(xscale="log", xlabel="RoI side √(wh), px", ylabel="level k", yticks=[2, 3, 4, 5], ylim=(1.8, 5.4),
+       title="RoI -> level, over the sizes of our objects (grey)")
 ax.legend(fontsize=8, loc="upper left")
 plt.show()
 

@@ -94,16 +94,19 @@ def run(args: argparse.Namespace) -> dict:
     val = data.CocoDataset(*data.val_paths())
     num_val = 4 if args.smoke else len(val)
     config = dict(iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                  warmup_iters=min(100, args.iterations // 5), device="cpu", log_every=max(1, args.iterations // 10), progress=False)
+                  warmup_iters=min(100, args.iterations // 5), device="cpu",
+                  log_every=max(1, args.iterations // 10), progress=not args.smoke)
     metrics = {"setup": {"backbone": f"resnet_{args.backbone}", "train_images": args.train_images,
-                         "image_size": args.image_size, "val_images": num_val, **config}}
+                         "image_size": args.image_size, "val_images": num_val,
+                         **{k: config[k] for k in ("iterations", "batch_size", "lr", "warmup_iters", "seed")}}}
     for features in args.variants:
         torch.manual_seed(args.seed)  # the same initial backbone for every variant
         model = build_model(features, args.backbone)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         records = train(model, train_set, TrainConfig(**config))
-        train_s = time.perf_counter() - start
+        train_s, train_cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
         metrics[features] = {**average_recall(model, val, num_val), "train_s": round(train_s, 1),
+                             "train_cpu_s": round(train_cpu_s, 1),
                              "loss": [round(r["loss"], 4) for r in records if "loss" in r],
                              "anchors_per_location": model.rpn.anchor_generator.num_anchors_per_location()}
         print(f"{features:>4}: " + "  ".join(f"{k} {metrics[features][k]:5.1f}" for k in METRICS)

@@ -1,16 +1,69 @@
-"""`python -m fpnbook VERB ...`: the book's command line.
+"""`python -m fpnbook VERB ...`: the book's command line. Each verb has --help.
 
-    python -m fpnbook data --out DIR --train N --val M --size S --seed K
+    python -m fpnbook data    --out DIR --train N --val M --size S --seed K
+    python -m fpnbook train   --model mask_rcnn --out runs/mrcnn [--train-ann F --train-images D]
+    python -m fpnbook eval    --checkpoint runs/mrcnn/last.pt [--ann F --images D]
+    python -m fpnbook predict --checkpoint runs/mrcnn/last.pt --images D --out DIR
+    python -m fpnbook bench   --model retinanet --size 256 --batch-size 2
+
+Several GPUs: ``torchrun --nproc_per_node=N -m fpnbook train ...`` (DDP; each process
+takes its share of every global batch of ``--batch-size`` x N images).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import time
+from pathlib import Path
+
+import torch
+
+
+def add_dataset_args(parser: argparse.ArgumentParser, prefix: str = "", what: str = "") -> None:
+    dash = f"--{prefix}-" if prefix else "--"
+    parser.add_argument(f"{dash}ann", type=Path, default=None, help=f"{what}COCO annotations JSON (default: the committed val split)")
+    parser.add_argument(f"{dash}images", type=Path, default=None, help=f"{what}image folder of that JSON")
+
+
+def open_dataset(ann: Path | None, images: Path | None, transforms=None, mask_classes=None):
+    from .data import CocoDataset, val_paths
+
+    if (ann is None) != (images is None):
+        raise ValueError("give both an annotations file and its image folder, or neither")
+    if ann is None:
+        images, ann = val_paths()
+    return CocoDataset(images, ann, transforms=transforms, mask_classes=mask_classes)
+
+
+def load_model(checkpoint: Path):
+    """The model a checkpoint was trained as, with its weights, in eval mode."""
+    from .models import ModelConfig, build
+    from .train import load_checkpoint
+
+    state = load_checkpoint(checkpoint)
+    if not state.get("model_config"):
+        raise ValueError(f"{checkpoint} has no model_config; it was not written by `fpnbook train`")
+    model = build(ModelConfig.from_dict(state["model_config"]))
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:
+        raise ValueError(f"{checkpoint}: weights do not fit the model its config describes: {error}") from None
+    return model.eval(), state
+
+
+# ---------------------------------------------------------------- verbs
 
 
 def cmd_data(args: argparse.Namespace) -> int:
+    if args.from_labelme is not None:
+        from .labelme import labelme_to_coco
+
+        out = labelme_to_coco(args.from_labelme, args.out, overwrite=args.overwrite)
+        print(f"wrote {out}; train with --train-ann {out} --train-images {args.from_labelme}")
+        return 0
     from .data import generate_dataset
 
     start = time.perf_counter()
@@ -23,25 +76,241 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def setup_distributed() -> tuple[int, str]:
+    """Under torchrun: join the process group. Returns (rank, device)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, "auto"
+    import torch.distributed as dist
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl")
+        return dist.get_rank(), f"cuda:{local_rank}"
+    dist.init_process_group("gloo")
+    return dist.get_rank(), "cpu"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from torchvision.transforms import v2
+
+    from .data import ensure_split
+    from .models import ModelConfig, build
+    from .train import TrainConfig, evaluate_model, train
+
+    rank, device = setup_distributed()
+    if args.device != "auto":
+        device = args.device
+    mask_classes = tuple(int(c) for c in args.mask_classes.split(",")) if args.mask_classes else None
+    model_config = ModelConfig(kind=args.model, num_classes=args.num_classes, backbone=args.backbone,
+                               fpn_channels=args.fpn_channels, mask_classes=mask_classes)
+    flip = v2.RandomHorizontalFlip(0.5)
+    if args.train_ann is None and args.train_images is None:
+        args.train_images, args.train_ann = ensure_split("train", args.synthetic, image_size=args.size,
+                                                         seed=args.data_seed, progress=rank == 0)
+    train_set = open_dataset(args.train_ann, args.train_images, transforms=flip,
+                             mask_classes=set(mask_classes) if mask_classes else None)
+    if train_set.num_classes != model_config.num_classes:
+        raise ValueError(f"--num-classes is {model_config.num_classes} but {args.train_ann} has {train_set.num_classes} categories")
+    val_set = open_dataset(args.val_ann, args.val_images)
+    torch.manual_seed(args.seed)
+    model = build(model_config)
+    config = TrainConfig(iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                         warmup_iters=min(args.warmup, args.iterations), device=device, num_workers=args.workers,
+                         eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, out_dir=str(args.out),
+                         log_every=args.log_every)
+    start = time.perf_counter()
+    records = train(model, train_set, config, val_dataset=val_set if rank == 0 else None, resume=args.resume,
+                    model_config=model_config.to_dict())
+    if rank == 0:
+        results = records[-1]["eval"] if records and "eval" in records[-1] else evaluate_model(model, val_set)
+        summary = {"command": "python -m fpnbook " + " ".join(args.argv), "seed": args.seed,
+                   "train_seconds": round(time.perf_counter() - start, 1), "val": results}
+        (Path(args.out) / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        print_results(results)
+    return 0
+
+
+def print_results(results: dict) -> None:
+    from .evaluate import format_table
+
+    print(format_table(results))
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .train import evaluate_model
+
+    model, _ = load_model(args.checkpoint)
+    dataset = open_dataset(args.ann, args.images)
+    print_results(evaluate_model(model, dataset, batch_size=args.batch_size, device=args.device))
+    return 0
+
+
+def list_images(path: Path) -> list[Path]:
+    suffixes = {".png", ".jpg", ".jpeg", ".bmp"}
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"no image or image folder at {path}")
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in suffixes)
+    if not files:
+        raise ValueError(f"no .png/.jpg images in {path}")
+    return files
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from PIL import Image
+    from torchvision.transforms.v2.functional import pil_to_tensor
+
+    from .evaluate import to_coco_results
+    from .viz import draw_detections
+
+    model, state = load_model(args.checkpoint)
+    files = list_images(args.images)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = []
+    with torch.no_grad():
+        for image_id, path in enumerate(files, start=1):
+            with Image.open(path) as pil:
+                image = pil_to_tensor(pil.convert("RGB")).float() / 255
+            output = {k: v.cpu() for k, v in model([image])[0].items()}
+            keep = output["scores"] >= args.score_threshold
+            output = {k: v[keep] for k, v in output.items()}
+            drawn = draw_detections(image, output, score_threshold=args.score_threshold)
+            target = args.out / f"{path.stem}_pred.png"
+            if target.exists() and not args.overwrite:
+                raise FileExistsError(f"{target} exists; pass --overwrite to replace it")
+            Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(target)
+            for r in to_coco_results([output], [image_id]):
+                results.append({**r, "file_name": path.name})
+    (args.out / "results.json").write_text(json.dumps(results) + "\n")
+    print(f"{len(files)} images, {len(results)} detections above {args.score_threshold}: {args.out}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .models import ModelConfig, build
+    from .train import resolve_device
+
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    mask_classes = (1, 3, 6, 8) if args.model == "mask_x_rcnn" else None
+    model = build(ModelConfig(kind=args.model, mask_classes=mask_classes)).to(device)
+    generator = torch.Generator().manual_seed(0)
+    images = [torch.rand(3, args.size, args.size, generator=generator).to(device) for _ in range(args.batch_size)]
+    box = torch.tensor([[0.2, 0.2, 0.6, 0.7]]) * args.size
+    masks = torch.zeros(1, args.size, args.size, dtype=torch.uint8)
+    masks[:, int(box[0, 1]):int(box[0, 3]), int(box[0, 0]):int(box[0, 2])] = 1
+    targets = [{"boxes": box.to(device), "labels": torch.tensor([1], device=device), "masks": masks.to(device)}
+               for _ in images]
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+
+    def train_step():
+        model.train()
+        loss = sum(model(images, targets).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    @torch.no_grad()
+    def infer():
+        model.eval()
+        model(images)
+
+    for name, step in (("train", train_step), ("inference", infer)):
+        step()  # warm-up
+        times = []
+        for _ in range(args.repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            tic = time.perf_counter()
+            step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - tic)
+        print(f"{args.model} {name}: {args.batch_size / min(times):.1f} images/s "
+              f"({args.size}px, batch {args.batch_size}, {device}, {args.threads} threads)")
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fpnbook", description="The fpnbook command line.")
+    from .models import BACKBONES, KINDS
+
+    parser = argparse.ArgumentParser(prog="fpnbook", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
-    data = verbs.add_parser("data", help="generate a synthetic COCO-format shapes dataset")
-    data.add_argument("--out", required=True, help="output folder: DIR/train/, DIR/train.json, DIR/val/, DIR/val.json")
+    data = verbs.add_parser("data", help="generate a synthetic COCO-format shapes dataset, or convert labelme files")
+    data.add_argument("--out", type=Path, required=True, help="output folder (DIR/train/, DIR/train.json, DIR/val/, "
+                      "DIR/val.json); with --from-labelme, the COCO JSON file to write")
     data.add_argument("--train", type=int, default=0, help="training images (0 skips the split)")
-    data.add_argument("--val", type=int, default=64, help="validation images")
+    data.add_argument("--val", type=int, default=48, help="validation images")
     data.add_argument("--size", type=int, default=256, help="image side in pixels (32..2048)")
     data.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes identical files")
-    data.add_argument("--overwrite", action="store_true", help="replace existing splits in --out")
+    data.add_argument("--from-labelme", type=Path, default=None, metavar="DIR",
+                      help="convert the labelme *.json files in DIR into one COCO file instead")
+    data.add_argument("--overwrite", action="store_true", help="replace existing output")
     data.set_defaults(run=cmd_data)
+
+    tr = verbs.add_parser("train", help="train a detector; writes OUT/metrics.jsonl, OUT/last.pt, OUT/summary.json")
+    tr.add_argument("--model", choices=KINDS, default="mask_rcnn")
+    tr.add_argument("--out", type=Path, required=True, help="run folder")
+    tr.add_argument("--num-classes", type=int, default=8, help="object classes in the data (background not counted)")
+    tr.add_argument("--backbone", choices=BACKBONES, default="tiny")
+    tr.add_argument("--fpn-channels", type=int, default=64)
+    tr.add_argument("--mask-classes", default=None, help="mask_x_rcnn: comma-separated labels that keep their masks")
+    add_dataset_args(tr, "train", "training ")
+    add_dataset_args(tr, "val", "validation ")
+    tr.add_argument("--synthetic", type=int, default=2000, help="without --train-ann: images of a generated, cached split")
+    tr.add_argument("--size", type=int, default=256, help="image size of the generated split")
+    tr.add_argument("--data-seed", type=int, default=0, help="seed of the generated split")
+    tr.add_argument("--iterations", type=int, default=3000)
+    tr.add_argument("--batch-size", type=int, default=4, help="images per step per process")
+    tr.add_argument("--lr", type=float, default=0.02)
+    tr.add_argument("--warmup", type=int, default=200)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    tr.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    tr.add_argument("--log-every", type=int, default=20)
+    tr.add_argument("--eval-every", type=int, default=0, help="COCO evaluation every N steps (0: at the end)")
+    tr.add_argument("--checkpoint-every", type=int, default=500)
+    tr.add_argument("--resume", type=Path, default=None, help="continue from this checkpoint")
+    tr.set_defaults(run=cmd_train)
+
+    ev = verbs.add_parser("eval", help="print the COCO AP table of a checkpoint")
+    ev.add_argument("--checkpoint", type=Path, required=True)
+    add_dataset_args(ev)
+    ev.add_argument("--batch-size", type=int, default=4)
+    ev.add_argument("--device", default="auto")
+    ev.set_defaults(run=cmd_eval)
+
+    pr = verbs.add_parser("predict", help="draw detections on images and write COCO-format results.json")
+    pr.add_argument("--checkpoint", type=Path, required=True)
+    pr.add_argument("--images", type=Path, required=True, help="an image file or a folder of .png/.jpg images")
+    pr.add_argument("--out", type=Path, required=True, help="folder for NAME_pred.png and results.json")
+    pr.add_argument("--score-threshold", type=float, default=0.5)
+    pr.add_argument("--overwrite", action="store_true", help="replace existing NAME_pred.png files")
+    pr.set_defaults(run=cmd_predict)
+
+    be = verbs.add_parser("bench", help="images per second of a model's training step and inference")
+    be.add_argument("--model", choices=KINDS, default="mask_rcnn")
+    be.add_argument("--size", type=int, default=256)
+    be.add_argument("--batch-size", type=int, default=2)
+    be.add_argument("--threads", type=int, default=2)
+    be.add_argument("--repeats", type=int, default=3)
+    be.add_argument("--device", default="auto")
+    be.set_defaults(run=cmd_bench)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.run(args)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as error:
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, FloatingPointError) as error:
         print(f"fpnbook {args.verb}: error: {error}", file=sys.stderr)
         return 2

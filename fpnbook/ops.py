@@ -29,8 +29,8 @@ reading the feature map as a table with one row (C channels) per pixel.
 - RoIAlign's average of bilinear samples is a weighted sum of pixels. It is
   separable: the samples of a bin form a grid of rows x columns, so its weights
   are (weights over rows) x (weights over columns), each a short band of pixels.
-- RoIPool's bin max uses the doubling trick: the max over any run of pixels is
-  the max of two overlapping power-of-two windows, read from small tables.
+- RoIPool's max over a bin is a max over a bag of the bin's pixels, listed row by
+  row so that a tie goes to the first pixel, as in torchvision's kernel.
 
 Like torchvision, no gradient flows to the boxes.
 """
@@ -49,10 +49,10 @@ BoxesArg = Tensor | Sequence[Tensor]
 
 def _output_size(output_size: int | Sequence[int]) -> tuple[int, int]:
     """``7`` or ``(7, 7)`` -> ``(7, 7)``; anything else is a ValueError."""
-    size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
-    if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size):
+    size = (output_size, output_size) if isinstance(output_size, int) else output_size
+    if not isinstance(size, Sequence) or len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size):
         raise ValueError(f"output_size must be a positive int or a pair (height, width) of them, got {output_size!r}")
-    return size
+    return int(size[0]), int(size[1])
 
 
 def _check_input(input: Tensor) -> None:
@@ -251,48 +251,18 @@ def _pool_bins(start: Tensor, length: Tensor, pooled: int, size: int, dtype: tor
     return lo, hi - lo
 
 
-def _bin_max(maps: Tensor, batch: Tensor, row_lo: Tensor, rows: Tensor, col_lo: Tensor, cols: Tensor) -> Tensor:
-    """Max over B rectangles of pixels, per channel. Returns [B, C].
+def _bin_pixels(first: Tensor, rows: Tensor, cols: Tensor, width: int) -> tuple[Tensor, Tensor]:
+    """Every pixel of every bin, bin after bin, row by row inside a bin.
 
-    maps: [N, H, W, C]; batch, row_lo, rows, col_lo, cols: [B] long, with rows, cols >= 1.
-
-    The doubling trick: the max over ``n`` consecutive pixels equals the max of two
-    windows of length ``2**j <= n``, one starting at each end; they overlap, and the
-    max does not mind counting a pixel twice. So a table of maxima over
-    ``2**jy x 2**jx`` windows, made from the previous table with one elementwise
-    max, answers every rectangle of that size class with four reads.
+    first: [B] flat index of each bin's top-left pixel; rows, cols: [B] its size.
+    Returns the flat pixel indices [sum(rows * cols)] and each bin's offset into them [B].
     """
-    channels = maps.shape[-1]
-    # floor(log2(n)) exactly: frexp writes n = m * 2**e with m in [0.5, 1).
-    level_y = torch.frexp(rows.to(torch.float64))[1] - 1
-    level_x = torch.frexp(cols.to(torch.float64))[1] - 1
-    found, pieces = [], []
-    column = maps
-    for jy in range(int(level_y.max()) + 1):
-        if jy:  # windows 2**jy tall; the table loses the rows whose window would leave the map
-            step = 2 ** (jy - 1)
-            column = torch.maximum(column[:, :-step], column[:, step:])
-        table = column
-        for jx in range(int(level_x.max()) + 1):
-            if jx:
-                step = 2 ** (jx - 1)
-                table = torch.maximum(table[:, :, :-step], table[:, :, step:])
-            here = torch.nonzero((level_y == jy) & (level_x == jx)).squeeze(1)
-            if not len(here):
-                continue
-            height, width = table.shape[1:3]
-            flat = table.reshape(-1, channels)
-            b = batch[here]
-            top, bottom = row_lo[here], row_lo[here] + rows[here] - 2**jy
-            left, right = col_lo[here], col_lo[here] + cols[here] - 2**jx
-
-            def read(r: Tensor, c: Tensor) -> Tensor:
-                return flat[(b * height + r) * width + c]
-
-            found.append(here)
-            pieces.append(torch.maximum(torch.maximum(read(top, left), read(top, right)), torch.maximum(read(bottom, left), read(bottom, right))))
-    order = torch.cat(found).argsort()
-    return torch.cat(pieces)[order]
+    counts = rows * cols
+    offsets = counts.cumsum(0) - counts
+    owner = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)
+    i = torch.arange(len(owner), device=counts.device) - offsets[owner]  # position inside its bin
+    row_len = cols[owner]
+    return first[owner] + (i // row_len) * width + i % row_len, offsets
 
 
 def roi_pool(
@@ -316,9 +286,8 @@ def roi_pool(
         spatial_scale: feature pixels per image pixel, ``1 / stride``.
 
     Returns:
-        Tensor[K, C, h, w]. The gradient of each output goes to the pixel holding the
-        bin's max; where several pixels tie for it, they share the gradient
-        (torchvision gives it all to the first one, row by row).
+        Tensor[K, C, h, w]. The gradient of each output goes to the pixel that held
+        the bin's max; on a tie, to the first such pixel row by row, as in torchvision.
     """
     _check_input(input)
     _check_scale(spatial_scale)
@@ -333,18 +302,18 @@ def roi_pool(
     box_w, box_h = (x2 - x1 + 1).clamp(min=1), (y2 - y1 + 1).clamp(min=1)
     row_lo, rows = _pool_bins(y1, box_h, out_h, height, rois.dtype)  # [K, h]
     col_lo, cols = _pool_bins(x1, box_w, out_w, width, rois.dtype)  # [K, w]
+    batch = rois[:, 0].long()
+    first = (batch[:, None, None] * height + row_lo[:, :, None]) * width + col_lo[:, None, :]  # [K, h, w]
+    rows, cols = rows[:, :, None].expand_as(first), cols[:, None, :].expand_as(first)
+    pixels, offsets = _bin_pixels(first.reshape(-1), rows.reshape(-1), cols.reshape(-1), width)
 
-    # One entry per bin, [K*h*w].
-    shape = (num_rois, out_h, out_w)
-    batch = rois[:, 0].long()[:, None, None].expand(shape).reshape(-1)
-    row_lo, rows = (t[:, :, None].expand(shape).reshape(-1) for t in (row_lo, rows))
-    col_lo, cols = (t[:, None, :].expand(shape).reshape(-1) for t in (col_lo, cols))
-    filled = torch.nonzero((rows > 0) & (cols > 0)).squeeze(1)
-
-    maxima = _bin_max(
-        input.permute(0, 2, 3, 1).contiguous(), batch[filled], row_lo[filled], rows[filled], col_lo[filled], cols[filled]
-    )
-    pooled = input.new_zeros(len(batch), channels).index_put((filled,), maxima)
+    table = _pixel_table(input)
+    with torch.no_grad():  # only to learn which pixel wins: embedding_bag's 4th output, in mode 2 (max)
+        argmax = torch.embedding_bag(table, pixels, offsets, False, 2)[3]
+    empty = (rows == 0) | (cols == 0)
+    argmax = argmax.masked_fill(empty.reshape(-1, 1), 0)
+    # Reading the winners again is what autograd sees: the gradient goes to the argmax pixels.
+    pooled = table.gather(0, argmax).masked_fill(empty.reshape(-1, 1), 0)
     return _bins_to_nchw(pooled, num_rois, out_h, out_w)
 
 

@@ -52,7 +52,8 @@ class FasterRCNN(nn.Module):
     ``backbone``: a :class:`fpnbook.fpn.BackboneWithFPN` (or any module with ``names`` and
     ``out_channels`` returning an ordered dict of maps). ``num_classes`` counts the
     background. ``rpn`` / ``roi_heads``: ready-made modules, or None to build the defaults
-    described in the module docstring from ``anchor_sizes``, ``canonical_scale``,
+    described in the module docstring from ``anchor_sizes``, ``rpn_*_nms_top_n`` (proposals
+    kept per level before NMS and per image after it, ``dict(training=, testing=)``), ``canonical_scale``,
     ``representation_size`` and the ``box_*`` settings (RoIs sampled per image, score
     threshold, NMS IoU, detections kept). The RPN uses every map; the RoI
     heads pool from all maps but the last (P2..P5 when the FPN adds P6).
@@ -66,6 +67,8 @@ class FasterRCNN(nn.Module):
         roi_heads: RoIHeads | None = None,
         *,
         anchor_sizes: Sequence[Sequence[float]] = SMALL_ANCHOR_SIZES,
+        rpn_pre_nms_top_n: Mapping[str, int] = dict(training=2000, testing=1000),
+        rpn_post_nms_top_n: Mapping[str, int] = dict(training=2000, testing=1000),
         canonical_scale: int = CANONICAL_SCALE,
         representation_size: int = 256,
         box_batch_size_per_image: int = 512,
@@ -83,7 +86,10 @@ class FasterRCNN(nn.Module):
         channels, names = backbone.out_channels, list(backbone.names)
         if rpn is None:
             generator = AnchorGenerator(anchor_sizes, [ASPECT_RATIOS] * len(anchor_sizes))
-            rpn = RegionProposalNetwork(generator, RPNHead(channels, generator.num_anchors_per_location()[0]))
+            head = RPNHead(channels, generator.num_anchors_per_location()[0])
+            rpn = RegionProposalNetwork(
+                generator, head, pre_nms_top_n=rpn_pre_nms_top_n, post_nms_top_n=rpn_post_nms_top_n
+            )
         if roi_heads is None:
             pool = MultiScaleRoIAlign(self.roi_names(names), BOX_POOL_SIZE, 2, canonical_scale=canonical_scale)
             roi_heads = RoIHeads(

@@ -130,8 +130,8 @@ class MaskPredictor(nn.Module):
 
     forward: Tensor[K, in_channels, S, S] -> Tensor[K, num_classes, 2S, 2S] logits.
     Submodules ``conv5_mask`` and ``mask_fcn_logits`` are named like torchvision's
-    ``MaskRCNNPredictor`` (whose state dict loads as it is). See the module docstring for the contract that lets weight
-    transfer replace :meth:`class_weights`.
+    ``MaskRCNNPredictor``, whose state dict loads as it is. See the module docstring for
+    the contract that lets weight transfer replace :meth:`class_weights`.
     """
 
     def __init__(self, in_channels: int, dim_reduced: int, num_classes: int) -> None:
@@ -371,22 +371,41 @@ class RoIHeads(nn.Module):
             raise ValueError(f"proposals must have one Tensor[P, 4] per image: {len(proposals)} for {len(image_sizes)}")
         for i, p in enumerate(proposals):
             check_boxes(p, f"proposals[{i}]")
-        if self.training:
-            if targets is None:
-                raise ValueError("targets must be given in training mode (a list of dicts with 'boxes', 'labels')")
-            check_targets(targets, image_sizes, masks=self.has_mask())
-            proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
-        class_logits, box_regression = self.box_predictor(self.box_head(self.box_roi_pool(features, list(proposals), image_sizes)))
-        if self.training:
-            num_classes = class_logits.shape[1]
-            for i, target in enumerate(targets):
-                if (target["labels"] >= num_classes).any():
-                    raise ValueError(f"targets[{i}]['labels'] must be < num_classes={num_classes}, got {target['labels'].tolist()}")
-            loss_classifier, loss_box_reg = fast_rcnn_loss(class_logits, box_regression, labels, regression_targets)
-            losses = {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
-            if self.has_mask():
-                losses["loss_mask"] = self.mask_training_loss(features, proposals, image_sizes, targets, matched_idxs, labels)
-            return [], losses
+        if not self.training:
+            return self.detect(features, proposals, image_sizes), {}
+        if targets is None:
+            raise ValueError("targets must be given in training mode (a list of dicts with 'boxes', 'labels')")
+        check_targets(targets, image_sizes, masks=self.has_mask())
+        return [], self.losses(features, proposals, image_sizes, targets)
+
+    def losses(
+        self,
+        features: Mapping[str, Tensor],
+        proposals: Sequence[Tensor],
+        image_sizes: Sequence[tuple[int, int]],
+        targets: Sequence[Mapping[str, Tensor]],
+    ) -> dict[str, Tensor]:
+        """Sample RoIs and return ``{"loss_classifier", "loss_box_reg"[, "loss_mask"]}``."""
+        rois, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
+        class_logits, box_regression = self.box_predictor(self.box_head(self.box_roi_pool(features, rois, image_sizes)))
+        num_classes = class_logits.shape[1]
+        for i, target in enumerate(targets):
+            if (target["labels"] >= num_classes).any():
+                raise ValueError(
+                    f"targets[{i}]['labels'] must be < num_classes={num_classes}, got {target['labels'].tolist()}"
+                )
+        loss_classifier, loss_box_reg = fast_rcnn_loss(class_logits, box_regression, labels, regression_targets)
+        losses = {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
+        if self.has_mask():
+            losses["loss_mask"] = self.mask_training_loss(features, rois, image_sizes, targets, matched_idxs, labels)
+        return losses
+
+    def detect(
+        self, features: Mapping[str, Tensor], proposals: Sequence[Tensor], image_sizes: Sequence[tuple[int, int]]
+    ) -> list[dict[str, Tensor]]:
+        """Detections per image: ``boxes``, ``labels``, ``scores`` [+ ``masks`` [N, 1, M, M] probabilities]."""
+        box_features = self.box_head(self.box_roi_pool(features, list(proposals), image_sizes))
+        class_logits, box_regression = self.box_predictor(box_features)
         boxes, scores, labels = self.postprocess_detections(class_logits, box_regression, proposals, image_sizes)
         detections = [{"boxes": b, "labels": c, "scores": s} for b, s, c in zip(boxes, scores, labels)]
         if self.has_mask():
@@ -394,10 +413,11 @@ class RoIHeads(nn.Module):
             channels = torch.cat(labels)
             if self.class_agnostic_mask:
                 channels = torch.zeros_like(channels)
+            # Only the predicted class' mask is kept; sigmoid, not softmax: classes do not compete.
             probs = logits[torch.arange(channels.shape[0], device=channels.device), channels][:, None].sigmoid()
             for detection, image_probs in zip(detections, probs.split([b.shape[0] for b in boxes])):
                 detection["masks"] = image_probs
-        return detections, {}
+        return detections
 
     def select_training_samples(
         self, proposals: Sequence[Tensor], targets: Sequence[Mapping[str, Tensor]]

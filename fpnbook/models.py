@@ -1,0 +1,109 @@
+"""Whole detectors from one config: RetinaNet, Faster R-CNN with FPN, Mask R-CNN, Mask^X R-CNN.
+
+``build(ModelConfig(kind="mask_rcnn", num_classes=8))`` assembles a model out of the
+chapters' parts:
+
+==============  =====================================================================
+part            module (chapter)
+==============  =====================================================================
+backbone        :mod:`fpnbook.backbone` (1): ResNet C2..C5, strides 4..32
+pyramid         :mod:`fpnbook.fpn` (1): P2..P6 (two-stage) or P3..P7 (RetinaNet)
+anchors         :mod:`fpnbook.anchors` (1): one size per level, 3 ratios (x3 scales: RetinaNet)
+dense heads     :mod:`fpnbook.rpn` (1) or :mod:`fpnbook.retinanet` (2, focal loss)
+RoI features    :mod:`fpnbook.poolers` / :mod:`fpnbook.ops` (3): RoIAlign per FPN level
+RoI heads       :mod:`fpnbook.roi_heads` (5): 2-fc box head, 4-conv mask head
+weight transfer :mod:`fpnbook.weight_transfer` (4): mask weights from box weights
+==============  =====================================================================
+
+Every model has torchvision's interface (see :mod:`fpnbook.rcnn`). ``num_classes`` here
+is always K, the object classes (labels 1..K), whatever the model counts internally.
+The config is plain data, so checkpoints store it and ``build`` remakes the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+from torch import nn
+
+from .backbone import TorchvisionBackbone, resnet_small, resnet_tiny
+from .fpn import FPN, BackboneWithFPN, LastLevelMaxPool, LastLevelP6P7
+from .rcnn import FasterRCNN, MaskRCNN
+from .retinanet import RetinaNet
+from .weight_transfer import to_mask_x
+
+KINDS = ("retinanet", "faster_rcnn", "mask_rcnn", "mask_x_rcnn")
+BACKBONES = ("tiny", "small", "resnet18", "resnet34", "resnet50")
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """What to build. ``mask_classes`` and ``transfer*`` are for ``mask_x_rcnn`` only."""
+
+    kind: str = "mask_rcnn"
+    num_classes: int = 8
+    backbone: str = "tiny"
+    norm: str = "gn"
+    fpn_channels: int = 64
+    mask_classes: tuple[int, ...] | None = None
+    transfer_inputs: str = "cls+box"
+    transfer_kind: str = "mlp"
+    transfer_mlp_branch: bool = True
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"ModelConfig.kind must be one of {KINDS}, got {self.kind!r}")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"ModelConfig.backbone must be one of {BACKBONES}, got {self.backbone!r}")
+        if not isinstance(self.num_classes, int) or self.num_classes < 1:
+            raise ValueError(f"ModelConfig.num_classes must be a positive int (object classes), got {self.num_classes!r}")
+        if self.kind == "mask_x_rcnn":
+            if not self.mask_classes:
+                raise ValueError("ModelConfig.mask_classes (labels that have masks) is required for mask_x_rcnn")
+            self.mask_classes = tuple(sorted(int(c) for c in self.mask_classes))
+        elif self.mask_classes is not None:
+            raise ValueError(f"ModelConfig.mask_classes is only for mask_x_rcnn, not {self.kind}")
+
+    @classmethod
+    def from_dict(cls, values: Mapping) -> ModelConfig:
+        """A config from a dict (a checkpoint's or a JSON file's), rejecting unknown keys."""
+        if not isinstance(values, Mapping):
+            raise TypeError(f"a model config must be a dict, got {type(values).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown model config keys {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def build_body(config: ModelConfig) -> nn.Module:
+    """The ResNet body (C2..C5) that ``config.backbone`` names, randomly initialised."""
+    if config.backbone == "tiny":
+        return resnet_tiny(config.norm)
+    if config.backbone == "small":
+        return resnet_small(config.norm)
+    return TorchvisionBackbone(config.backbone, norm=config.norm)
+
+
+def build(config: ModelConfig) -> nn.Module:
+    """The detector ``config`` describes, with fresh weights."""
+    body = build_body(config)
+    channels = config.fpn_channels
+    if config.kind == "retinanet":
+        c3_to_c5 = body.out_channels[1:]
+        fpn = FPN(c3_to_c5, channels, LastLevelP6P7(c3_to_c5[-1], channels, use_p5=False))
+        backbone = BackboneWithFPN(body, fpn, in_names=("c3", "c4", "c5"))
+        return RetinaNet(backbone, config.num_classes, head_norm="gn" if config.norm == "gn" else None)
+    backbone = BackboneWithFPN(body, FPN(body.out_channels, channels, LastLevelMaxPool()))
+    with_background = config.num_classes + 1
+    if config.kind == "faster_rcnn":
+        return FasterRCNN(backbone, with_background)
+    if config.kind == "mask_rcnn":
+        return MaskRCNN(backbone, with_background)
+    model = MaskRCNN(backbone, with_background)
+    return to_mask_x(model, config.mask_classes, transfer=config.transfer_inputs, kind=config.transfer_kind,
+                     class_agnostic_mlp=config.transfer_mlp_branch)

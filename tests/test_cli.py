@@ -1,0 +1,98 @@
+"""Every verb of `python -m fpnbook`, end to end on tiny data."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fpnbook.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    assert main(["data", "--out", str(root), "--train", "4", "--val", "2", "--size", "64", "--seed", "3"]) == 0
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    argv = ["train", "--model", "mask_rcnn", "--out", str(out), "--iterations", "2", "--batch-size", "2",
+            "--workers", "0", "--warmup", "1", "--checkpoint-every", "1",
+            "--train-ann", str(tiny_data / "train.json"), "--train-images", str(tiny_data / "train"),
+            "--val-ann", str(tiny_data / "val.json"), "--val-images", str(tiny_data / "val")]
+    assert main(argv) == 0
+    return out
+
+
+@pytest.mark.parametrize("verb", ["data", "train", "eval", "predict", "bench"])
+def test_every_verb_has_help(verb):
+    result = subprocess.run([sys.executable, "-m", "fpnbook", verb, "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "usage: fpnbook" in result.stdout
+
+
+def test_data_refuses_to_overwrite(tiny_data, capsys):
+    assert main(["data", "--out", str(tiny_data), "--val", "2", "--size", "64"]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_train_writes_checkpoint_log_and_summary(trained):
+    assert (trained / "last.pt").is_file()
+    assert len((trained / "metrics.jsonl").read_text().splitlines()) >= 2
+    summary = json.loads((trained / "summary.json").read_text())
+    assert summary["command"].startswith("python -m fpnbook train") and "bbox" in summary["val"]
+
+
+def test_eval_prints_ap_table(trained, tiny_data, capsys):
+    assert main(["eval", "--checkpoint", str(trained / "last.pt"), "--ann", str(tiny_data / "val.json"),
+                 "--images", str(tiny_data / "val")]) == 0
+    table = capsys.readouterr().out
+    assert "AP50" in table and "segm" in table
+
+
+def test_predict_draws_and_writes_results(trained, tiny_data, tmp_path):
+    out = tmp_path / "pred"
+    assert main(["predict", "--checkpoint", str(trained / "last.pt"), "--images", str(tiny_data / "val"),
+                 "--out", str(out), "--score-threshold", "0.0"]) == 0
+    assert len(list(out.glob("*_pred.png"))) == 2
+    results = json.loads((out / "results.json").read_text())
+    assert all({"image_id", "bbox", "score", "category_id", "file_name"} <= r.keys() for r in results)
+    assert main(["predict", "--checkpoint", str(trained / "last.pt"), "--images", str(tiny_data / "val"),
+                 "--out", str(out)]) == 2  # refuses to overwrite the drawings
+
+
+def test_bench_reports_images_per_second(capsys):
+    assert main(["bench", "--model", "retinanet", "--size", "64", "--batch-size", "1", "--repeats", "1",
+                 "--threads", "1"]) == 0
+    assert capsys.readouterr().out.count("images/s") == 2
+
+
+def test_data_from_labelme(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps({"imagePath": "a.png", "imageHeight": 8, "imageWidth": 8,
+                                                  "shapes": [{"label": "x", "points": [[1, 1], [6, 1], [6, 6]]}]}))
+    assert main(["data", "--from-labelme", str(tmp_path), "--out", str(tmp_path / "coco.json")]) == 0
+    assert json.loads((tmp_path / "coco.json").read_text())["categories"][0]["name"] == "x"
+
+
+def test_checkpoint_errors_are_clear(tmp_path, trained, capsys):
+    assert main(["eval", "--checkpoint", str(tmp_path / "missing.pt")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes((trained / "last.pt").read_bytes()[:1000])
+    assert main(["eval", "--checkpoint", str(corrupt)]) == 2
+    assert "not a readable checkpoint" in capsys.readouterr().err
+    state = torch.load(trained / "last.pt", weights_only=True)
+    state["model_config"]["kind"] = "yolo"
+    torch.save(state, tmp_path / "badconfig.pt")
+    assert main(["eval", "--checkpoint", str(tmp_path / "badconfig.pt")]) == 2
+    assert "ModelConfig.kind" in capsys.readouterr().err
+
+
+def test_train_rejects_bad_config(tiny_data, tmp_path, capsys):
+    argv = ["train", "--out", str(tmp_path), "--iterations", "0", "--train-ann", str(tiny_data / "train.json"),
+            "--train-images", str(tiny_data / "train")]
+    assert main(argv) == 2
+    assert "iterations" in capsys.readouterr().err
