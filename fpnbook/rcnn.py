@@ -34,13 +34,10 @@ from .anchors import AnchorGenerator
 from .backbone import resnet_tiny
 from .fpn import FPN, BackboneWithFPN, LastLevelMaxPool
 from .images import batch_images
+from .poolers import MultiScaleRoIAlign
 from .roi_heads import BoxPredictor, MaskHead, MaskPredictor, RoIHeads, TwoMLPHead, check_targets, paste_masks_in_image
 from .rpn import ASPECT_RATIOS, SMALL_ANCHOR_SIZES, RegionProposalNetwork, RPNHead
 
-try:
-    from .poolers import MultiScaleRoIAlign
-except ImportError:  # fpnbook.poolers is still being written; torchvision's takes the same arguments.
-    from torchvision.ops import MultiScaleRoIAlign
 
 CANONICAL_SCALE = 112  # the paper's 224 for ~800 px images; see the module docstring
 BOX_POOL_SIZE, MASK_POOL_SIZE = 7, 14

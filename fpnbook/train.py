@@ -180,6 +180,22 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     return payload
 
 
+def export_weights(checkpoint: str | os.PathLike, out: str | os.PathLike, **extra) -> Path:
+    """Write a shippable copy of ``checkpoint``: weights, configs and step, no optimizer state.
+
+    The result still loads with :func:`load_checkpoint` (and ``fpnbook eval``), but cannot
+    be resumed. ``extra`` adds JSON-like fields (e.g. ``command=...``) to the file.
+    """
+    state = load_checkpoint(checkpoint)
+    keep = ("format", "fpnbook_version", "step", "model", "model_config", "train_config")
+    payload = {key: state.get(key) for key in keep}
+    payload["model"] = {name: tensor.contiguous().clone() for name, tensor in state["model"].items()}
+    payload.update(extra)
+    out = Path(out)
+    _atomic_save(payload, out)
+    return out
+
+
 # ---------------------------------------------------------------- the loop
 
 

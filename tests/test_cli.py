@@ -29,9 +29,15 @@ def trained(tiny_data, tmp_path_factory):
 
 
 @pytest.mark.parametrize("verb", ["data", "train", "eval", "predict", "bench"])
-def test_every_verb_has_help(verb):
-    result = subprocess.run([sys.executable, "-m", "fpnbook", verb, "--help"], capture_output=True, text=True)
-    assert result.returncode == 0 and "usage: fpnbook" in result.stdout
+def test_every_verb_has_help(verb, capsys):
+    with pytest.raises(SystemExit) as exit:
+        main([verb, "--help"])
+    assert exit.value.code == 0 and f"usage: fpnbook {verb}" in capsys.readouterr().out
+
+
+def test_module_entry_point():
+    result = subprocess.run([sys.executable, "-m", "fpnbook", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "train" in result.stdout
 
 
 def test_data_refuses_to_overwrite(tiny_data, capsys):

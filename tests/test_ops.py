@@ -13,55 +13,56 @@ from fpnbook.ops import RoIAlign, RoIPool, roi_align, roi_pool
 ATOL = 1e-5
 
 
-def coordinate(extent: float) -> st.SearchStrategy[float]:
-    """Box coordinates from half a map before it to half a map past it. Half-pixel
-    values land samples and bin edges exactly on pixel borders."""
-    lo, hi = -extent / 2, 1.5 * extent
-    return st.one_of(
-        st.floats(lo, hi),
-        st.integers(int(2 * lo), int(2 * hi)).map(lambda v: v / 2),
-    )
+# Box coordinates are drawn as fractions of the map's side: from half a map before it
+# to half a map past it. Snapping them to half feature pixels lands samples and bin
+# edges exactly on pixel borders, where an off-by-one would show.
+START = st.floats(-0.5, 1.5)
+SIDE = st.one_of(st.just(0.0), st.floats(0, 1.2), st.floats(-0.25, 0))  # zero, any, inverted
+SNAP = st.booleans()
+OUTPUT_SIZE = st.one_of(st.integers(1, 4), st.tuples(st.integers(1, 4), st.integers(1, 4)))
 
 
-def side(extent: float) -> st.SearchStrategy[float]:
-    """Box sizes: zero, tiny, up to the whole map and beyond, now and then inverted."""
-    return st.one_of(
-        st.just(0.0),
-        st.floats(0, 1.2 * extent),
-        st.integers(0, int(2.4 * extent)).map(lambda v: v / 2),
-        st.floats(-extent / 4, 0),
-    )
+def feature_coordinate(draw, strategy: st.SearchStrategy[float], side: int) -> float:
+    value = draw(strategy) * side
+    return round(2 * value) / 2 if draw(SNAP) else value
 
 
 @st.composite
 def roi_cases(draw):
-    """A small feature map, a few boxes in image pixels, in either of torchvision's box forms."""
+    """A small feature map and a few boxes in image pixels, in either of torchvision's box forms.
+
+    Returns (features [N, C, H, W], boxes as passed, the same boxes as Tensor[K, 5], output_size, spatial_scale).
+    """
     n, c = draw(st.integers(1, 3)), draw(st.integers(1, 3))
     h, w = draw(st.integers(1, 12)), draw(st.integers(1, 12))
     scale = draw(st.sampled_from([1.0, 0.25, 0.0625]))
     generator = torch.Generator().manual_seed(draw(st.integers(0, 2**31)))
     features = torch.randn(n, c, h, w, generator=generator)
-    num_boxes = draw(st.integers(0, 4))
     rows = []
-    for _ in range(num_boxes):
-        x1, y1 = draw(coordinate(w / scale)), draw(coordinate(h / scale))
-        bw, bh = draw(side(w / scale)), draw(side(h / scale))
-        rows.append([draw(st.integers(0, n - 1)), x1, y1, x1 + bw, y1 + bh])
+    for _ in range(draw(st.integers(0, 4))):
+        x1, y1 = feature_coordinate(draw, START, w), feature_coordinate(draw, START, h)
+        x2, y2 = x1 + feature_coordinate(draw, SIDE, w), y1 + feature_coordinate(draw, SIDE, h)
+        rows.append([draw(st.integers(0, n - 1)), x1 / scale, y1 / scale, x2 / scale, y2 / scale])
     rois = torch.tensor(rows, dtype=torch.float32).reshape(-1, 5)
     if draw(st.booleans()):
         boxes = [rois[rois[:, 0] == i, 1:] for i in range(n)]
         rois = torch.cat([torch.cat([torch.full((len(b), 1), float(i)), b], 1) for i, b in enumerate(boxes)])
     else:
         boxes = rois
-    output_size = draw(st.one_of(st.integers(1, 4), st.tuples(st.integers(1, 4), st.integers(1, 4))))
-    return features, boxes, output_size, scale
+    return features, boxes, rois, draw(OUTPUT_SIZE), scale
 
 
 @settings(max_examples=500, deadline=None)
 @given(case=roi_cases(), sampling_ratio=st.sampled_from([-1, 0, 1, 2, 3]), aligned=st.booleans())
 def test_roi_align_matches_torchvision(case, sampling_ratio, aligned):
-    features, boxes, output_size, scale = case
+    features, boxes, rois, output_size, scale = case
     ours = roi_align(features, boxes, output_size, scale, sampling_ratio, aligned)
+    if aligned and sampling_ratio <= 0:
+        # An inverted box gets a negative adaptive grid: no samples, output 0 (as on
+        # torchvision's CUDA kernel; its CPU kernel fails to allocate a negative size).
+        inverted = (rois[:, 3] < rois[:, 1]) | (rois[:, 4] < rois[:, 2])
+        assert not ours[inverted].any()
+        ours, boxes = ours[~inverted], rois[~inverted]
     theirs = torchvision.ops.roi_align(features, boxes, output_size, scale, sampling_ratio, aligned)
     assert ours.shape == theirs.shape
     torch.testing.assert_close(ours, theirs, atol=ATOL, rtol=0)
@@ -70,7 +71,7 @@ def test_roi_align_matches_torchvision(case, sampling_ratio, aligned):
 @settings(max_examples=500, deadline=None)
 @given(case=roi_cases())
 def test_roi_pool_matches_torchvision(case):
-    features, boxes, output_size, scale = case
+    features, boxes, _, output_size, scale = case
     ours = roi_pool(features, boxes, output_size, scale)
     theirs = torchvision.ops.roi_pool(features, boxes, output_size, scale)
     assert ours.shape == theirs.shape

@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torchvision
 from torchvision.models.detection import MaskRCNN as TorchvisionMaskRCNN
 from torchvision.models.detection import rpn as tv_rpn
 from torchvision.models.detection.anchor_utils import AnchorGenerator as TorchvisionAnchorGenerator
@@ -181,14 +182,18 @@ def torchvision_twin(model: MaskRCNN, image_size) -> TorchvisionMaskRCNN:
     mask_head.load_state_dict({f"{int(k.split('.')[0]) // 2}.0.{k.split('.')[1]}": v for k, v in heads.mask_head.state_dict().items()})
     mask_predictor = MaskRCNNPredictor(layers[-1], heads.mask_predictor.conv5_mask.out_channels, NUM_CLASSES)
     mask_predictor.load_state_dict(heads.mask_predictor.state_dict())
+    def twin_pool(ours):  # the same pooling through torchvision's class, which its MaskRCNN insists on
+        return torchvision.ops.MultiScaleRoIAlign(ours.featmap_names, ours.output_size, ours.sampling_ratio,
+                                                  canonical_scale=ours.canonical_scale)
+
     return TorchvisionMaskRCNN(
         model.backbone, min_size=min(image_size), max_size=max(image_size),
         image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD),
         rpn_anchor_generator=TorchvisionAnchorGenerator(SMALL_ANCHOR_SIZES, ((0.5, 1.0, 2.0),) * 5),
         rpn_pre_nms_top_n_train=500, rpn_pre_nms_top_n_test=300,
         rpn_post_nms_top_n_train=400, rpn_post_nms_top_n_test=200, box_detections_per_img=30,
-        rpn_head=rpn_head, box_roi_pool=heads.box_roi_pool, box_head=box_head, box_predictor=box_predictor,
-        mask_roi_pool=heads.mask_roi_pool, mask_head=mask_head, mask_predictor=mask_predictor,
+        rpn_head=rpn_head, box_roi_pool=twin_pool(heads.box_roi_pool), box_head=box_head, box_predictor=box_predictor,
+        mask_roi_pool=twin_pool(heads.mask_roi_pool), mask_head=mask_head, mask_predictor=mask_predictor,
     )
 
 

@@ -1,0 +1,129 @@
+"""Turn `python -m fpnbook train` run folders into the shipped checkpoints and their cards.
+
+    python checkpoints/make_cards.py NAME=RUN_DIR [NAME=RUN_DIR ...] [--hardware TEXT] [--evaluate]
+
+For each run: ``checkpoints/NAME.pt`` (weights, model config, train config and the
+command; no optimizer state, see :func:`fpnbook.train.export_weights`),
+``checkpoints/NAME.metrics.jsonl`` (the run's log, for learning curves),
+``checkpoints/NAME.md`` (the card) and its entry in ``checkpoints/cards.json``.
+The COCO AP comes from the run's ``summary.json`` (the final evaluation on the committed
+validation split, the same as ``python -m fpnbook eval --checkpoint checkpoints/NAME.pt``);
+``--evaluate`` recomputes it from the exported file instead. ``tests/test_checkpoints.py``
+checks that the two agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+import fpnbook
+from fpnbook import data
+from fpnbook.cli import load_model, open_dataset
+from fpnbook.train import evaluate_model, export_weights, hardware, load_checkpoint
+
+HERE = Path(__file__).resolve().parent
+CARDS = HERE / "cards.json"
+TARGETS = {"mask_rcnn": {"bbox": 0.85, "segm": 0.80}, "retinanet": {"bbox": 0.85}}  # issue 8, COCO AP@[.5:.95]
+KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def option(command: str, name: str, default: str) -> str:
+    found = re.search(rf"--{name}[ =](\S+)", command)
+    return found.group(1) if found else default
+
+
+def card(name: str, run: Path, hardware_text: str, recompute: bool) -> dict:
+    summary = json.loads((run / "summary.json").read_text())
+    command = summary["command"].replace(f"--out {option(summary['command'], 'out', '')}", f"--out runs/{name}")
+    out = export_weights(run / "last.pt", HERE / f"{name}.pt", command=command)
+    shutil.copyfile(run / "metrics.jsonl", HERE / f"{name}.metrics.jsonl")
+    state = load_checkpoint(out)
+    val = summary["val"]
+    if recompute:
+        model, _ = load_model(out)
+        val = evaluate_model(model, open_dataset(None, None))
+    size, seed = int(option(command, "size", "256")), int(option(command, "data-seed", "0"))
+    count = int(option(command, "synthetic", "2000"))
+    return {
+        "name": name,
+        "file": out.name,
+        "size_mib": round(out.stat().st_size / 2**20, 2),
+        "sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
+        "model_config": state["model_config"],
+        "command": command,
+        "seed": int(option(command, "seed", "0")),
+        "steps": state["step"],
+        "data": {"generator": "fpnbook.data.generate_split", "generator_version": data.GENERATOR_VERSION,
+                 "split": "train", "images": count, "image_size": size, "seed": seed,
+                 "cache_folder": f"shapes-v{data.GENERATOR_VERSION}-train{count}-{size}px-seed{seed}"},
+        "train_seconds": summary["train_seconds"],
+        "hardware": hardware_text,
+        "fpnbook_version": fpnbook.__version__,
+        "torch_version": torch.__version__,
+        "eval_command": f"python -m fpnbook eval --checkpoint checkpoints/{name}.pt",
+        "val_split": "data/val.json (48 images, 256 px)",
+        "val": {t: {k: round(v[k], 4) for k in KEYS} for t, v in val.items()},
+        "targets": TARGETS.get(name, {}),
+        "metrics_file": f"{name}.metrics.jsonl",
+    }
+
+
+def markdown(c: dict) -> str:
+    rows = "\n".join(f"| {t} | " + " | ".join(f"{v[k]:.3f}" for k in KEYS) + " |" for t, v in c["val"].items())
+    targets = ", ".join(f"{t} AP >= {v}" for t, v in c["targets"].items()) or "none set"
+    d = c["data"]
+    return f"""# `{c['file']}`: {c['model_config']['kind']}
+
+{c['size_mib']} MiB, sha256 `{c['sha256'][:16]}...`. Weights, model config and train config;
+no optimizer state (it cannot be resumed, retrain with the command below).
+
+| | |
+|---|---|
+| model | `{json.dumps(c['model_config'])}` |
+| command | `{c['command']}` |
+| seed | {c['seed']} |
+| steps | {c['steps']} |
+| data | generated shapes, generator v{d['generator_version']}, {d['images']} images of {d['image_size']} px, seed {d['seed']} (`~/.cache/fpnbook/{d['cache_folder']}`) |
+| training time | {c['train_seconds']} s wall, final evaluation included |
+| hardware | {c['hardware']} |
+| versions | fpnbook {c['fpnbook_version']}, torch {c['torch_version']} |
+
+## COCO AP on the committed validation split ({c['val_split']})
+
+`{c['eval_command']}`
+
+| | {' | '.join(KEYS)} |
+|---|{'---|' * len(KEYS)}
+{rows}
+
+Targets from issue 8: {targets}. Learning curve: `{c['metrics_file']}`.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", nargs="+", help="NAME=RUN_DIR")
+    p.add_argument("--hardware", default=None, help="where the runs trained (default: this machine)")
+    p.add_argument("--evaluate", action="store_true", help="recompute the AP from the exported file")
+    args = p.parse_args(argv)
+    cards = json.loads(CARDS.read_text()) if CARDS.exists() else {}
+    for spec in args.runs:
+        name, _, run = spec.partition("=")
+        c = card(name, Path(run), args.hardware or hardware(), args.evaluate)
+        (HERE / f"{name}.md").write_text(markdown(c))
+        cards[name] = c
+        print(f"{name}: {c['size_mib']} MiB, " + ", ".join(f"{t} AP {v['AP']:.3f}" for t, v in c["val"].items()))
+    CARDS.write_text(json.dumps(dict(sorted(cards.items())), indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

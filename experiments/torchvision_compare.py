@@ -1,0 +1,219 @@
+"""fpnbook's Mask R-CNN against torchvision's, same backbone, heads, initial weights, data and schedule.
+
+    python -m experiments.torchvision_compare [--smoke] [--threads 2] [--fpnbook-run DIR]
+
+Both models start from the same weights: one seeded ``fpnbook.models.build`` Mask R-CNN
+(tiny ResNet + FPN, P2..P6), and a torchvision ``MaskRCNN`` around a copy of its backbone
+with every head weight copied over (RPN, 2-fc box head, 4-conv mask head). torchvision
+keeps its own RPN, RoI heads and C++ ``MultiScaleRoIAlign``, and is set to our anchors
+(16..256 px), canonical scale 112, proposal counts and RoI batch; its transform gets
+``min_size = max_size = 256`` and our mean/std, so it normalises and pads but never resizes.
+
+Both are trained by the same :func:`fpnbook.train.train` loop and schedule on the same
+cached generated split (with the CLI's random flip), then scored with COCO AP on the
+committed validation split. ``--fpnbook-run DIR`` reuses a ``python -m fpnbook train``
+run of the same schedule and seed (e.g. the one behind ``checkpoints/mask_rcnn.pt``)
+instead of training fpnbook's model again: it is the same computation, and the script
+checks that its settings match. Last, it times a training step and inference of both
+trained models on two validation images, taking turns (best of ``--repeats``).
+
+Writes ``experiments/results/torchvision_compare.json``; chapter 5 reads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.models.detection import MaskRCNN as TorchvisionMaskRCNN
+from torchvision.models.detection import rpn as tv_rpn
+from torchvision.models.detection.anchor_utils import AnchorGenerator as TorchvisionAnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+from torchvision.models.detection.faster_rcnn import TwoMLPHead as TorchvisionTwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.ops import MultiScaleRoIAlign as TorchvisionMultiScaleRoIAlign
+from torchvision.transforms import v2
+
+from experiments import common
+from fpnbook import data
+from fpnbook.images import IMAGENET_MEAN, IMAGENET_STD
+from fpnbook.models import ModelConfig, build
+from fpnbook.rcnn import MaskRCNN
+from fpnbook.train import TrainConfig, evaluate_model, load_checkpoint, read_metrics, train
+
+NAME = "torchvision_compare"
+SCHEDULE = ("iterations", "batch_size", "lr", "warmup_iters", "seed")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = common.parser(NAME, __doc__.splitlines()[0])
+    p.add_argument("--train-images", type=int, default=1000, help="generated training images (cached)")
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--iterations", type=int, default=120)
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=5, help="timed repetitions of each step (best is kept)")
+    p.add_argument("--fpnbook-run", type=Path, default=None,
+                   help="a `fpnbook train --model mask_rcnn` run folder of the same schedule to reuse")
+    return p
+
+
+def torchvision_mask_rcnn(ours: MaskRCNN, image_size: int) -> TorchvisionMaskRCNN:
+    """torchvision's MaskRCNN with a copy of ``ours``' backbone and heads' weights, and the same settings.
+
+    torchvision's own modules do the work (RPN, RoI heads, C++ RoIAlign); only the weights
+    and the numbers in the config come from ``ours``. Images must be ``image_size`` square.
+    """
+    heads, rpn = ours.roi_heads, ours.rpn
+    channels = ours.backbone.out_channels
+    names = ours.roi_names(list(ours.backbone.names))
+    rpn_head = tv_rpn.RPNHead(channels, rpn.head.num_anchors)
+    rpn_head.conv[0][0].load_state_dict(rpn.head.conv.state_dict())
+    rpn_head.cls_logits.load_state_dict(rpn.head.objectness.state_dict())
+    rpn_head.bbox_pred.load_state_dict(rpn.head.deltas.state_dict())
+    box_head = TorchvisionTwoMLPHead(heads.box_head.fc6.in_features, heads.box_head.fc6.out_features)
+    box_head.load_state_dict(heads.box_head.state_dict())
+    num_classes = heads.box_predictor.cls_score.out_features
+    box_predictor = FastRCNNPredictor(heads.box_predictor.cls_score.in_features, num_classes)
+    box_predictor.load_state_dict(heads.box_predictor.state_dict())
+    convs = [m for m in heads.mask_head.modules() if isinstance(m, nn.Conv2d)]
+    mask_head = MaskRCNNHeads(channels, [c.out_channels for c in convs], 1)
+    for conv, (theirs, *_) in zip(convs, mask_head):  # each of theirs is Sequential(conv, relu)
+        theirs.load_state_dict(conv.state_dict())
+    mask_predictor = MaskRCNNPredictor(convs[-1].out_channels, heads.mask_predictor.conv5_mask.out_channels, num_classes)
+    mask_predictor.load_state_dict(heads.mask_predictor.state_dict())
+    canonical = ours.roi_heads.box_roi_pool.canonical_scale
+    return TorchvisionMaskRCNN(
+        copy.deepcopy(ours.backbone), min_size=image_size, max_size=image_size,
+        image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD),
+        rpn_anchor_generator=TorchvisionAnchorGenerator(rpn.anchor_generator.sizes, rpn.anchor_generator.aspect_ratios),
+        rpn_head=rpn_head,
+        rpn_pre_nms_top_n_train=rpn._pre_nms_top_n["training"], rpn_pre_nms_top_n_test=rpn._pre_nms_top_n["testing"],
+        rpn_post_nms_top_n_train=rpn._post_nms_top_n["training"], rpn_post_nms_top_n_test=rpn._post_nms_top_n["testing"],
+        rpn_batch_size_per_image=rpn.sampler.batch_size_per_image, rpn_nms_thresh=rpn.nms_thresh,
+        box_roi_pool=TorchvisionMultiScaleRoIAlign(names, 7, 2, canonical_scale=canonical),
+        box_head=box_head, box_predictor=box_predictor,
+        box_batch_size_per_image=heads.sampler.batch_size_per_image, box_score_thresh=heads.score_thresh,
+        box_nms_thresh=heads.nms_thresh, box_detections_per_img=heads.detections_per_img,
+        mask_roi_pool=TorchvisionMultiScaleRoIAlign(names, 14, 2, canonical_scale=canonical),
+        mask_head=mask_head, mask_predictor=mask_predictor,
+    )
+
+
+def best_times(fns: dict, repeats: int, device: torch.device, warmup: int = 1) -> dict[str, float]:
+    """Best wall time in seconds of each function; they take turns, so machine load hits all alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+def train_step_fn(model: nn.Module, images: list, targets: list):
+    """One forward/backward/SGD step on a throwaway copy, so timing never changes the trained model."""
+    model = copy.deepcopy(model).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+
+    def step() -> None:
+        loss = sum(model(images, targets).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+def infer_fn(model: nn.Module, images: list):
+    @torch.no_grad()
+    def infer() -> None:
+        model.eval()(images)
+    return infer
+
+
+def throughput(models: dict[str, nn.Module], images: list, targets: list, repeats: int,
+               device: torch.device) -> dict[str, dict[str, float]]:
+    """Training and inference images/s of each model on the same batch, interleaved."""
+    train_s = best_times({n: train_step_fn(m, images, targets) for n, m in models.items()}, repeats, device)
+    infer_s = best_times({n: infer_fn(m, images) for n, m in models.items()}, repeats, device)
+    return {n: {"train_images_per_s": round(len(images) / train_s[n], 3),
+                "inference_images_per_s": round(len(images) / infer_s[n], 3)} for n in models}
+
+
+def reuse_run(run: Path, config: TrainConfig) -> tuple[dict, float, list[dict]]:
+    """(COCO results, train seconds, metrics) of a `fpnbook train` run, after checking its schedule."""
+    state = load_checkpoint(run / "last.pt")
+    theirs = state.get("train_config") or {}
+    mismatched = {k: (theirs.get(k), getattr(config, k)) for k in SCHEDULE if theirs.get(k) != getattr(config, k)}
+    if mismatched or state.get("model_config", {}).get("kind") != "mask_rcnn":
+        raise ValueError(f"--fpnbook-run {run} is not a mask_rcnn run of this schedule: {mismatched}")
+    summary = json.loads((run / "summary.json").read_text())
+    return summary["val"], summary["train_seconds"], read_metrics(run / "metrics.jsonl")
+
+
+def run(args: argparse.Namespace) -> dict:
+    if args.smoke:
+        args.train_images, args.image_size, args.iterations, args.batch_size, args.warmup = 4, 64, 2, 2, 1
+        args.repeats, args.fpnbook_run = 1, None
+    images_dir, ann = data.ensure_split("train", args.train_images, args.image_size, seed=0, progress=False)
+    train_set = data.CocoDataset(images_dir, ann, transforms=v2.RandomHorizontalFlip(0.5))
+    val_set = data.CocoDataset(images_dir, ann) if args.smoke else data.CocoDataset(*data.val_paths())
+    config = TrainConfig(iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                         warmup_iters=min(args.warmup, args.iterations), device="auto", log_every=5, progress=False)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(args.seed)  # as `fpnbook train` does, so the initial weights equal its run's
+    ours = build(ModelConfig(kind="mask_rcnn", num_classes=train_set.num_classes))
+    theirs = torchvision_mask_rcnn(ours, args.image_size)
+    results, seconds, curves = {}, {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, model in (("fpnbook", ours), ("torchvision", theirs)):
+            if name == "fpnbook" and args.fpnbook_run is not None:
+                results[name], seconds[name], records = reuse_run(args.fpnbook_run, config)
+                model.load_state_dict(load_checkpoint(args.fpnbook_run / "last.pt")["model"])
+            else:
+                start = time.perf_counter()
+                records = train(model, train_set, out_dir_config(config, Path(tmp) / name))
+                seconds[name] = round(time.perf_counter() - start, 1)
+                results[name] = evaluate_model(model, val_set)
+            curves[name] = [[r["step"], round(r["loss"], 4)] for r in records if "loss" in r]
+    images = [val_set[i][0].to(device) for i in range(2)]
+    targets = [{k: v.to(device) for k, v in val_set[i][1].items() if k in ("boxes", "labels", "masks")} for i in range(2)]
+    speed = throughput({"fpnbook": ours.to(device), "torchvision": theirs.to(device)}, images, targets,
+                       args.repeats, device)
+    return {
+        "schedule": {k: getattr(config, k) for k in SCHEDULE} | {"train_images": args.train_images,
+                                                                 "image_size": args.image_size},
+        "fpnbook_run_reused": str(args.fpnbook_run) if args.fpnbook_run else None,
+        "val": {n: {t: {k: round(v, 4) for k, v in r.items()} for t, r in res.items()} for n, res in results.items()},
+        "train_seconds": seconds,
+        "loss_curves": curves,
+        "throughput": speed,
+        "throughput_ratio": {k: round(speed["fpnbook"][k] / speed["torchvision"][k], 3) for k in speed["fpnbook"]},
+    }
+
+
+def out_dir_config(config: TrainConfig, out: Path):
+    """``train``'s arguments after the dataset: the config with ``out_dir`` set, so metrics are logged."""
+    return TrainConfig(**{**config.__dict__, "out_dir": str(out)})
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return common.main(NAME, run, build_parser, argv)
+
+
+if __name__ == "__main__":
+    main()
