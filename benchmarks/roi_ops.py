@@ -91,16 +91,20 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def best_ms(fn: Callable, leaves: list[torch.Tensor], repeats: int, device: torch.device) -> float:
-    forward_backward(fn, leaves)  # warm-up
-    best = float("inf")
+def best_ms(pair: tuple[Callable, Callable], leaves: list[torch.Tensor], repeats: int, device: torch.device):
+    """Best time of each of two functions in ms. Their runs alternate, so that a change in
+    the machine's load in the middle of a case hits both."""
+    best = [float("inf")] * len(pair)
+    for fn in pair:
+        forward_backward(fn, leaves)  # warm-up
     for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        forward_backward(fn, leaves)
-        sync(device)
-        best = min(best, time.perf_counter() - start)
-    return best * 1e3
+        for i, fn in enumerate(pair):
+            sync(device)
+            start = time.perf_counter()
+            forward_backward(fn, leaves)
+            sync(device)
+            best[i] = min(best[i], time.perf_counter() - start)
+    return [b * 1e3 for b in best]
 
 
 def _status_kb(field: str) -> int:
@@ -133,6 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per case; the best counts")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run")
+    parser.add_argument("--only", default="", help="run only the ops whose name contains this")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -143,8 +148,9 @@ def main(argv: list[str] | None = None) -> None:
     print("ratio = fpnbook / torchvision time; peak = extra memory of one forward + backward")
     print(f"{'op':<19} {'case':<58} {'fpnbook ms':>10} {'tv ms':>9} {'ratio':>6} {'peak MiB (ours / tv)':>21}")
     for op, case, ours, theirs, leaves in make_cases(args.quick, device):
-        t_ours = best_ms(ours, leaves, repeats, device)
-        t_theirs = best_ms(theirs, leaves, repeats, device)
+        if args.only not in op:
+            continue
+        t_ours, t_theirs = best_ms((ours, theirs), leaves, repeats, device)
         m_ours, m_theirs = peak_mb(ours, leaves, device), peak_mb(theirs, leaves, device)
         memory = "n/a" if m_ours is None else f"{m_ours:.0f} / {m_theirs:.0f}"
         print(f"{op:<19} {case:<58} {t_ours:>10.1f} {t_theirs:>9.1f} {t_ours / t_theirs:>6.2f} {memory:>21}", flush=True)

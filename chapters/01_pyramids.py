@@ -27,7 +27,7 @@
 # 3. **The top-down pathway by hand** (`fpnbook.fpn`), checked against fpnbook's FPN and
 #    torchvision's.
 # 4. **Anchors** (`fpnbook.anchors`): one size per level, three aspect ratios.
-# 5. **Which level pools a RoI** (`fpnbook.poolers`, `fpnbook.rcnn`): `k = ⌊k0 + log2(√(wh)/224)⌋`,
+# 5. **Which level pools a RoI** (`fpnbook.poolers`): `k = ⌊k0 + log2(√(wh)/224)⌋`,
 #    and what 224 becomes on our small images.
 # 6. **FPN Table 1 in miniature** (`fpnbook.rpn`, `experiments/fpn_table1.py`): an RPN
 #    on C4, on C5 and on the FPN, trained alike and scored by average recall.
@@ -54,7 +54,7 @@ from matplotlib import patches
 from torch.utils.flop_counter import FlopCounterMode
 
 import fpnbook
-from fpnbook import anchors, backbone, boxes, data, fpn, images, rcnn, rpn, viz
+from fpnbook import anchors, backbone, boxes, data, fpn, images, models, poolers, rpn, viz
 
 sys.path.insert(0, str(Path.cwd().parent))  # the repository root, for experiments/
 torch.set_num_threads(2)
@@ -92,14 +92,17 @@ for stride in strides:
 # At stride 4 the 10-pixel object is six pixels of the map; at stride 16 it is
 # four-tenths of one pixel, which it shares with the background and with any neighbour
 # nearby. A quarter of our objects are smaller than one stride-16 pixel. The figure
-# zooms into an image around its smallest object and lays the two grids over it.
+# finds the object closest to 10 pixels that touches no other, zooms in on it, and lays
+# the two grids over it.
 
 # %%
-index = 0
+image_of = torch.tensor([a["image_id"] for a in annotations])
+same_image = image_of[:, None] == image_of[None, :]
+touches = (boxes.box_iou(gt_boxes, gt_boxes) > 0) & same_image & ~torch.eye(len(gt_boxes), dtype=torch.bool)
+pick = int(torch.where(touches.any(dim=1), torch.inf, (gt_side - 10).abs()).argmin())
+index = val.image_ids.index(int(image_of[pick]))
 image, target = val[index]
-sides = boxes.box_area(target["boxes"]).sqrt()
-small = int(sides.argmin())
-x1, y1, x2, y2 = target["boxes"][small].tolist()
+x1, y1, x2, y2 = gt_boxes[pick].tolist()
 cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
 half = 24
 fig, axes = plt.subplots(1, 3, figsize=(9, 3.2), dpi=80, layout="constrained")
@@ -108,12 +111,13 @@ axes[0].add_patch(patches.Rectangle((cx - half, cy - half), 2 * half, 2 * half, 
 axes[0].set_title(f"image {target['image_id']}", fontsize=9)
 for ax, stride in zip(axes[1:], (4, 16)):
     ax.imshow(image.permute(1, 2, 0))
-    ax.add_patch(patches.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec="yellow", lw=1.5))
+    # imshow centres pixel i on i, so pixel edges (box corners, grid lines) sit at i - 0.5.
+    ax.add_patch(patches.Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, fill=False, ec="yellow", lw=1.5))
     for line in range(0, 257, stride):
         ax.axvline(line - 0.5, color="w", lw=0.6)
         ax.axhline(line - 0.5, color="w", lw=0.6)
     ax.set(xlim=(cx - half, cx + half), ylim=(cy + half, cy - half))
-    ax.set_title(f"{sides[small]:.0f} px object, stride-{stride} grid", fontsize=9)
+    ax.set_title(f"{gt_side[pick]:.0f} px object, stride-{stride} grid", fontsize=9)
 for ax in axes:
     ax.set_axis_off()
 plt.show()
@@ -146,7 +150,7 @@ def arrow(ax, start, end):
     ax.annotate("", xy=end, xytext=start, arrowprops=dict(arrowstyle="->", lw=1))
 
 
-sizes, heights = [3.0, 2.2, 1.6, 1.1], [1.6, 4.5, 6.8, 8.8]
+sizes, heights = [2.8, 2.0, 1.4, 1.0], [1.6, 4.4, 6.7, 8.7]
 fig, axes = plt.subplots(1, 4, figsize=(9, 2.8), dpi=80, layout="constrained")
 titles = ["(a) image pyramid", "(b) single map", "(c) feature hierarchy", "(d) FPN"]
 for ax, title in zip(axes, titles):
@@ -214,8 +218,10 @@ assert ratio > 1
 
 # %% [markdown]
 # FLOPs are counted by `torch.utils.flop_counter.FlopCounterMode` (a multiply-add is two
-# FLOPs). Times depend on the machine, so the cell below prints them but checks only
-# their order: the best of a few runs, on two threads.
+# FLOPs). (b) and (c) cost one pass of the backbone, (d) adds the FPN's convolutions,
+# and (a) runs the backbone on four images, the largest with 16 times the pixels. Times
+# depend on the machine, so the cell below prints them but checks only their order:
+# the best of a few runs, on two threads.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -314,8 +320,8 @@ for k, p in enumerate(by_hand, start=2):
 
 # %%
 m4 = merged[2]
-print("interpolate == repeat_interleave:",
-      torch.equal(F.interpolate(m4, scale_factor=2, mode="nearest"), m4.repeat_interleave(2, -1).repeat_interleave(2, -2)))
+repeated = m4.repeat_interleave(2, dim=-1).repeat_interleave(2, dim=-2)
+print("interpolate == repeat_interleave:", torch.equal(F.interpolate(m4, scale_factor=2, mode="nearest"), repeated))
 print("max_pool2d(kernel 1, stride 2) == [::2, ::2]:",
       torch.equal(F.max_pool2d(by_hand[3], kernel_size=1, stride=2), by_hand[3][..., ::2, ::2]))
 
@@ -436,7 +442,7 @@ assert coverage["FPN P2-P6"] > coverage["C4 alone"] > coverage["C5 alone"]
 # anchor centres overlaps neither well; on P2 the same anchor size is placed every 4
 # pixels. On C5 the spacing is 32 pixels and most small objects have no anchor at IoU 0.5.
 #
-# ## 5. Which level pools a RoI (`fpnbook.poolers`, `fpnbook.rcnn`)
+# ## 5. Which level pools a RoI (`fpnbook.poolers`)
 #
 # A two-stage detector pools each region of interest (RoI) from one pyramid level.
 # The FPN paper picks the level by the RoI's size,
@@ -446,8 +452,9 @@ assert coverage["FPN P2-P6"] > coverage["C4 alone"] > coverage["C5 alone"]
 # clamped to P2..P5: a 224 x 224 RoI (ImageNet's pre-training size) pools from P4, and
 # every halving of its side moves it one level finer. On the paper's ~800-pixel COCO
 # images that spreads objects over all four levels. On our 256-pixel images the same
-# 224 sends every RoI under 112 pixels to P2. Scaling 224 by our image size gives
-# 224 x 256 / 800 ≈ 72; `fpnbook.rcnn` uses 112, halving 224 as it halves the anchors.
+# 224 sends every RoI under 112 pixels to P2. Scaling 224 with the image, by 256 / 800,
+# gives about 72. What do fpnbook's two-stage models use? We build a Faster R-CNN with
+# `fpnbook.models.build` and ask its RoI pooler.
 
 # %%
 def roi_level(rois, canonical_scale=224, canonical_level=4, k_min=2, k_max=5):
@@ -458,12 +465,17 @@ def roi_level(rois, canonical_scale=224, canonical_level=4, k_min=2, k_max=5):
     return k.clamp(k_min, k_max).long()
 
 
-canonical_scales = {"paper (224)": 224, "scaled 224 x 256/800": 224 * 256 / 800, "fpnbook.rcnn": rcnn.CANONICAL_SCALE}
-print(f"fpnbook.rcnn.CANONICAL_SCALE = {rcnn.CANONICAL_SCALE}")
-print(f"{'':22}" + "".join(f"{f'P{k}':>6}" for k in range(2, 6)) + "   (share of our objects)")
+faster_rcnn = models.build(models.ModelConfig(kind="faster_rcnn"))
+pooler = faster_rcnn.roi_heads.box_roi_pool
+print(pooler)
+print("canonical scale:", pooler.canonical_scale, "| canonical level:", pooler.canonical_level)
+
+canonical_scales = {"paper": 224, "scaled by 256/800": 224 * 256 / 800, "fpnbook models": pooler.canonical_scale}
+print(f"{'':24}" + "".join(f"{f'P{k}':>6}" for k in range(2, 6)) + " | smallest RoI on P3: side, P3 pixels")
 for name, scale in canonical_scales.items():
     levels = roi_level(gt_boxes, scale)
-    print(f"{name:22}" + "".join(f"{(levels == k).float().mean().item():6.0%}" for k in range(2, 6)))
+    shares = "".join(f"{(levels == k).float().mean().item():6.0%}" for k in range(2, 6))
+    print(f"{name + f' ({scale:.0f})':24}{shares} | {scale / 2:5.0f} px, {scale / 2 / 8:4.1f}")
 
 # %% [markdown]
 # The rule as a picture: level against RoI side for the three canonical scales, over
@@ -479,24 +491,30 @@ counts.set_ylabel("our objects", color="0.5")
 ax.set_zorder(counts.get_zorder() + 1)
 ax.patch.set_visible(False)
 for (name, scale), colour in zip(canonical_scales.items(), ["tab:red", "tab:orange", "tab:blue"]):
-    ax.step(side_axis, roi_level(square, scale), where="post", color=colour, label=f"{name}: {scale:.0f}")
+    ax.step(side_axis, roi_level(square, scale), where="post", color=colour, label=f"{name} ({scale:.0f})")
 ax.set(xscale="log", xlabel="RoI side √(wh), px", ylabel="level k", yticks=[2, 3, 4, 5], ylim=(1.8, 5.4),
        title="RoI -> level, over the sizes of our objects (grey)")
 ax.legend(fontsize=8, loc="upper left")
 plt.show()
 
 # %% [markdown]
-# With 224, all of our objects would be pooled from P2 and P3..P5 would only ever serve
-# the RPN. With 112, fpnbook's choice, the levels share the work, and a RoI on its level
-# always spans at least 7 feature pixels, one per cell of a 7 x 7 RoIAlign grid (a 56-px
-# RoI on P3, stride 8). The function above is the formula; `fpnbook.poolers` holds the
-# one the models use, and torchvision's `LevelMapper` agrees with ours:
+# With 224, nearly all of our objects would be pooled from P2, and P4 and P5 would
+# only ever serve the RPN. fpnbook's models use 112, halving 224 as they halve the
+# paper's anchors: the levels share the work, and the smallest RoI a level receives
+# still spans 7 of its pixels (see the last column), one per cell of the 7 x 7 RoIAlign
+# grid of the box head. The strictly proportional 72 would spread the objects a little
+# further up, at the price of RoIs narrower than that grid.
+#
+# Our `roi_level` is the formula; `fpnbook.poolers.assign_levels` is the one the models
+# call (it counts from `k_min`, as torchvision's `LevelMapper` does). All three agree:
 
 # %%
-mapper = torchvision.ops.poolers.LevelMapper(2, 5, canonical_scale=rcnn.CANONICAL_SCALE, canonical_level=4)
-theirs_levels = mapper([gt_boxes]) + 2  # torchvision counts from k_min
-assert torch.equal(theirs_levels.long(), roi_level(gt_boxes, rcnn.CANONICAL_SCALE))
-print("torchvision LevelMapper == roi_level on all", len(gt_boxes), "objects")
+mine = roi_level(gt_boxes, pooler.canonical_scale)
+fpnbook_levels = poolers.assign_levels(gt_boxes, 2, 5, canonical_scale=pooler.canonical_scale) + 2
+mapper = torchvision.ops.poolers.LevelMapper(2, 5, canonical_scale=pooler.canonical_scale, canonical_level=4)
+torchvision_levels = mapper([gt_boxes]) + 2
+assert torch.equal(mine, fpnbook_levels) and torch.equal(mine, torchvision_levels)
+print(f"roi_level == poolers.assign_levels == LevelMapper on all {len(gt_boxes)} objects")
 
 # %% [markdown]
 # ## 6. FPN Table 1 in miniature (`fpnbook.rpn`, `experiments/fpn_table1.py`)
@@ -533,13 +551,13 @@ for variant, label in names.items():
     print(f"{label:10}" + "".join(f"{ours_row[m]:7.1f} | {paper_row[m]:4.1f}" for m in fpn_table1.METRICS))
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), dpi=80, sharey=True)
+fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), dpi=80, sharey=True, layout="constrained")
 x = np.arange(len(fpn_table1.METRICS))
 for ax, (title, rows) in zip(axes, [("ours: resnet_tiny, 256 px", record["metrics"]),
                                     ("paper: ResNet-50, COCO", fpn_table1.PAPER)]):
     for i, (variant, label) in enumerate(names.items()):
         ax.bar(x + (i - 1) * 0.27, [rows[variant][m] for m in fpn_table1.METRICS], 0.27, label=label)
-    ax.set(xticks=x, xticklabels=["AR100", "AR1k", "AR1k small", "AR1k med.", "AR1k large"], title=title)
+    ax.set(xticks=x, xticklabels=["AR100", "AR1k", "AR1k\nsmall", "AR1k\nmedium", "AR1k\nlarge"], title=title)
     ax.tick_params(axis="x", labelsize=8)
 axes[0].set_ylabel("average recall (%)")
 axes[0].legend(fontsize=8)

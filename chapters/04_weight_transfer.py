@@ -140,6 +140,7 @@ for inputs in wt.INPUTS:
     omega = wt.detection_weights(box_predictor, inputs)
     transfer = wt.WeightTransfer(omega.shape[1], mask_dim=32, inputs=inputs, kind="mlp")
     print(f"{inputs:>7}: omega {tuple(omega.shape)} -> tau {tuple(transfer(omega).shape)}")
+print(transfer.layers)
 try:  # T must read the box head it was built for
     wt.TransferMaskPredictor(box_predictor, wt.WeightTransfer(256, 32, inputs="box"), in_channels=64, dim_reduced=32)
 except ValueError as error:
@@ -181,9 +182,10 @@ for stop in (False, True):
 # The FCN mask head sees neighbourhoods through 3x3 convolutions. The paper adds a
 # class-agnostic branch of fully connected layers that sees the whole RoI at once and
 # outputs one 28x28 mask, added to every class's transferred logits: it captures the
-# "gist" of an object's shape. The paper's fc reads the 28x28x256 upsampled features (40M
-# weights); ours, `wt.MLPMaskBranch`, reduces and pools the 14x14 features first. Its fc
-# starts at std 0.001, so at first the fused head is almost the transfer head alone:
+# "gist" of an object's shape. The paper's fc reads the 28x28x256 upsampled features, a
+# layer far too big for our tiny heads (its size is printed below); ours, `wt.MLPMaskBranch`,
+# reduces and pools the 14x14 features first. Its fc starts at std 0.001, so at first the
+# fused head is almost the transfer head alone:
 
 # %%
 torch.manual_seed(0)
@@ -191,6 +193,7 @@ fused = wt.FusedMaskPredictor(wt.TransferMaskPredictor(box_predictor, wt.WeightT
 x = torch.randn(5, 64, 14, 14)
 print("fused logits:", tuple(fused(x).shape), "| MLP branch:", tuple(fused.mlp(x).shape))
 print(f"largest MLP logit at initialisation: {fused.mlp(x).abs().max().item():.3f}")
+print(f"fc weights: the paper's {28 * 28 * 256 * 28 * 28 / 1e6:.0f}M, ours {fused.mlp.fc.weight.numel() / 1e6:.2f}M")
 
 # %% [markdown]
 # ## 6. The experiment: Table 1 in miniature

@@ -43,6 +43,8 @@ def option(command: str, name: str, default: str) -> str:
 def card(name: str, run: Path, hardware_text: str, recompute: bool) -> dict:
     summary = json.loads((run / "summary.json").read_text())
     command = summary["command"].replace(f"--out {option(summary['command'], 'out', '')}", f"--out runs/{name}")
+    # Resuming is exact (same batches, RNG and schedule), so the command without --resume remakes the file.
+    command = re.sub(r" --resume \S+", "", command)
     out = export_weights(run / "last.pt", HERE / f"{name}.pt", command=command)
     shutil.copyfile(run / "metrics.jsonl", HERE / f"{name}.metrics.jsonl")
     state = load_checkpoint(out)
@@ -73,6 +75,7 @@ def card(name: str, run: Path, hardware_text: str, recompute: bool) -> dict:
         "val": {t: {k: round(v[k], 4) for k in KEYS} for t, v in val.items()},
         "targets": TARGETS.get(name, {}),
         "metrics_file": f"{name}.metrics.jsonl",
+        "note": summary.get("note", ""),
     }
 
 
@@ -105,6 +108,7 @@ no optimizer state (it cannot be resumed, retrain with the command below).
 {rows}
 
 Targets from issue 8: {targets}. Learning curve: `{c['metrics_file']}`.
+{c['note']}
 """
 
 

@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", choices=sorted(BACKBONES), default="tiny", help="fpnbook.backbone preset")
     p.add_argument("--train-images", type=int, default=1000, help="generated training images (cached)")
     p.add_argument("--image-size", type=int, default=256)
-    p.add_argument("--iterations", type=int, default=700)
+    p.add_argument("--iterations", type=int, default=600)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=0.02)
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))

@@ -149,8 +149,9 @@ def variant_model(name: str, mask_classes, stage1: dict, seed: int) -> nn.Module
 
 
 @torch.no_grad()
-def pool_training_rois(model: nn.Module, box_set: data.CocoDataset, num_images: int, seed: int) -> list[dict]:
-    """Sample and pool each image's training RoIs once through the frozen detector.
+def pool_training_rois(model: nn.Module, mask_roi_pool: nn.Module, box_set: data.CocoDataset, num_images: int,
+                       seed: int) -> list[dict]:
+    """Sample and pool each image's training RoIs once through the frozen stage-1 detector ``model``.
 
     ``box_set`` gives boxes and labels only (its masks are never read here). Per image:
     ``box_features`` [R, C, 7, 7] (fp16), ``labels`` [R], ``regression_targets`` [R, 4],
@@ -169,7 +170,7 @@ def pool_training_rois(model: nn.Module, box_set: data.CocoDataset, num_images: 
         rois, matched, labels, regression = heads.select_training_samples(proposals, targets)
         box_features = heads.box_roi_pool(features, rois, sizes).split([len(r) for r in rois])
         foreground = [l > 0 for l in labels]
-        mask_features = heads.mask_roi_pool(features, [r[f] for r, f in zip(rois, foreground)], sizes)
+        mask_features = mask_roi_pool(features, [r[f] for r, f in zip(rois, foreground)], sizes)
         mask_features = mask_features.split([int(f.sum()) for f in foreground])
         for i in range(len(images)):
             f = foreground[i]
@@ -373,13 +374,13 @@ def run(args: argparse.Namespace) -> dict:
     print(f"stage 1: {timings['stage1_s']} s, loss {records[-1]['loss']:.3f}", flush=True)
 
     # Stage 2 inputs: RoIs pooled once through the frozen detector; mask targets per setting.
-    template = variant_model(ORACLE, None, stage1, args.seed)
+    mask_roi_pool = variant_model(ORACLE, None, stage1, args.seed).roi_heads.mask_roi_pool  # no weights
     tic = time.perf_counter()
     num_pooled = min(args.pooled_images, args.train_images)
-    pooled = pool_training_rois(template, data.CocoDataset(*train_split), num_pooled, args.seed)
+    pooled = pool_training_rois(det, mask_roi_pool, data.CocoDataset(*train_split), num_pooled, args.seed)
     settings = {"A": set(data.SPLIT_A), "B": set(data.SPLIT_B), "all": None}
     targets = {s: mask_targets(pooled, data.CocoDataset(*train_split, mask_classes=c)) for s, c in settings.items()}
-    val_inputs = frozen_val_inputs(template, val, num_val)
+    val_inputs = frozen_val_inputs(det, val, num_val)
     timings["pooling_s"] = round(time.perf_counter() - tic, 1)
     foreground = sum(len(p["mask_labels"]) for p in pooled)
     print(f"pooled {foreground} foreground RoIs of {num_pooled} images in {timings['pooling_s']} s", flush=True)

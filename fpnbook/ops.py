@@ -47,10 +47,14 @@ from torch import Tensor, nn
 BoxesArg = Tensor | Sequence[Tensor]
 
 
+def _is_positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
 def _output_size(output_size: int | Sequence[int]) -> tuple[int, int]:
     """``7`` or ``(7, 7)`` -> ``(7, 7)``; anything else is a ValueError."""
     size = (output_size, output_size) if isinstance(output_size, int) else output_size
-    if not isinstance(size, Sequence) or len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size):
+    if not isinstance(size, Sequence) or len(size) != 2 or not all(_is_positive_int(s) for s in size):
         raise ValueError(f"output_size must be a positive int or a pair (height, width) of them, got {output_size!r}")
     return int(size[0]), int(size[1])
 
@@ -79,7 +83,8 @@ def _rois(input: Tensor, boxes: BoxesArg) -> Tensor:
     num_images = input.shape[0]
     if isinstance(boxes, Tensor):
         if boxes.ndim != 2 or boxes.shape[1] != 5:
-            raise ValueError(f"boxes must be a Tensor[K, 5] (batch index, x1, y1, x2, y2), got shape {list(boxes.shape)}")
+            shape = list(boxes.shape)
+            raise ValueError(f"boxes must be a Tensor[K, 5] (batch index, x1, y1, x2, y2), got shape {shape}")
         rois = boxes.detach().to(input.device, dtype)
     elif isinstance(boxes, (list, tuple)):
         for i, b in enumerate(boxes):
@@ -90,12 +95,8 @@ def _rois(input: Tensor, boxes: BoxesArg) -> Tensor:
             raise ValueError(f"boxes has {len(boxes)} entries (one per image) but input holds {num_images} images")
         if not boxes:
             return torch.zeros(0, 5, dtype=dtype, device=input.device)
-        rois = torch.cat(
-            [
-                torch.cat([torch.full((len(b), 1), float(i), dtype=dtype, device=input.device), b.detach().to(input.device, dtype)], 1)
-                for i, b in enumerate(boxes)
-            ]
-        )
+        per_image = [b.detach().to(input.device, dtype) for b in boxes]
+        rois = torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], 1) for i, b in enumerate(per_image)])
     else:
         raise TypeError(f"boxes must be a Tensor[K, 5] or a list of Tensor[L, 4], got {type(boxes).__name__}")
     if not torch.isfinite(rois).all():
@@ -103,19 +104,9 @@ def _rois(input: Tensor, boxes: BoxesArg) -> Tensor:
     batch = rois[:, 0]
     bad = (batch < 0) | (batch >= num_images) | (batch != batch.floor())
     if bad.any():
-        raise ValueError(
-            f"boxes' batch index (column 0) must be an integer in [0, {num_images}), found {batch[bad][:5].tolist()}"
-        )
+        found = batch[bad][:5].tolist()
+        raise ValueError(f"boxes' batch index (column 0) must be an integer in [0, {num_images}), found {found}")
     return rois
-
-
-def _flat_pixels(batch: Tensor, rows: Tensor, cols: Tensor, height: int, width: int) -> Tensor:
-    """Row of pixel (batch, row, col) in the [N*H*W, C] table. Broadcasts
-    batch [K], rows [K, h, Ly] and cols [K, w, Lx] to [K*h*w, Ly*Lx]: one bag per bin."""
-    k, h, ly = rows.shape
-    w, lx = cols.shape[1:]
-    index = (batch[:, None, None, None, None] * height + rows[:, :, None, :, None]) * width + cols[:, None, :, None, :]
-    return index.reshape(k * h * w, ly * lx)
 
 
 def _pixel_table(input: Tensor) -> Tensor:
@@ -132,7 +123,9 @@ def _bins_to_nchw(pooled: Tensor, num_rois: int, height: int, width: int) -> Ten
 # --- RoIAlign ---------------------------------------------------------------------------
 
 
-def _sample_bands(start: Tensor, bin_size: Tensor, grid: Tensor, pooled: int, size: int) -> tuple[Tensor, Tensor]:
+def _sample_bands(
+    start: Tensor, bin_size: Tensor, grid: Tensor, pooled: int, size: int
+) -> tuple[Tensor, Tensor]:
     """Where one axis' bilinear samples read the map, and with what weight.
 
     For every box k and bin p along this axis, ``grid[k]`` samples sit at
@@ -150,8 +143,8 @@ def _sample_bands(start: Tensor, bin_size: Tensor, grid: Tensor, pooled: int, si
     i = torch.arange(num, dtype=dtype, device=device)[None, None, :]
     g = grid.to(dtype)[:, None, None]
     b = bin_size[:, None, None]
-    # The same sum, in the same order, as torchvision's kernel: a sample that
-    # lands exactly on the border then falls on the same side of it.
+    # The same sum, in the same order, as torchvision's kernel, so that a sample
+    # exactly on the edge of the valid range [-1, size] is kept or dropped as there.
     pos = start[:, None, None] + p * b + (i + 0.5) * b / g.clamp(min=1)  # [K, P, G]
     # Samples more than one pixel off the map read nothing; the rest read the
     # border pixel (clamping, not zero padding).
@@ -168,7 +161,8 @@ def _sample_bands(start: Tensor, bin_size: Tensor, grid: Tensor, pooled: int, si
     offsets = torch.where(torch.cat([valid, valid], -1), offsets, 0)
     weights = torch.cat([(1 - frac) * mean, frac * mean], -1)
     length = int(offsets.max()) + 1
-    band = torch.zeros(*first.shape, length, dtype=dtype, device=device).scatter_add_(-1, offsets, weights)
+    band = torch.zeros(*first.shape, length, dtype=dtype, device=device)
+    band.scatter_add_(-1, offsets, weights)
     pixels = (first[..., None] + torch.arange(length, device=device)).clamp(max=size - 1)
     return pixels, band
 
@@ -181,7 +175,7 @@ def roi_align(
     sampling_ratio: int = -1,
     aligned: bool = False,
 ) -> Tensor:
-    """RoIAlign (Mask R-CNN): average of bilinear samples in each bin. Equals ``torchvision.ops.roi_align``.
+    """RoIAlign (Mask R-CNN): the mean of bilinear samples in each bin. Equals ``torchvision.ops.roi_align``.
 
     Args:
         input: feature map Tensor[N, C, H, W] of stride ``1 / spatial_scale``.
@@ -223,9 +217,15 @@ def roi_align(
 
     rows, row_weights = _sample_bands(y1, bin_h, grid_h, out_h, height)  # [K, h, Ly]
     cols, col_weights = _sample_bands(x1, bin_w, grid_w, out_w, width)  # [K, w, Lx]
-    pixels = _flat_pixels(batch, rows, cols, height, width)
-    weights = (row_weights[:, :, None, :, None] * col_weights[:, None, :, None, :]).reshape(pixels.shape)
-    pooled = F.embedding_bag(pixels, _pixel_table(input), mode="sum", per_sample_weights=weights.to(input.dtype))
+    # Bin (k, i, j) is the bag of pixels rows[k, i] x cols[k, j], weighted by the
+    # outer product of their weights. [K, h, w, Ly, Lx] -> one row per bin.
+    rows = batch[:, None, None] * height + rows
+    pixels = rows[:, :, None, :, None] * width + cols[:, None, :, None, :]
+    weights = (row_weights[:, :, None, :, None] * col_weights[:, None, :, None, :]).to(input.dtype)
+    bags = num_rois * out_h * out_w
+    pooled = F.embedding_bag(
+        pixels.reshape(bags, -1), _pixel_table(input), mode="sum", per_sample_weights=weights.reshape(bags, -1)
+    )
     return _bins_to_nchw(pooled, num_rois, out_h, out_w)
 
 
@@ -239,7 +239,8 @@ def _round_half_away(x: Tensor) -> Tensor:
 
 
 def _pool_bins(start: Tensor, length: Tensor, pooled: int, size: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """Whole-pixel bins of one axis: ``[floor(p * bin), ceil((p + 1) * bin))`` after the box start, clipped to the map.
+    """Whole-pixel bins along one axis: ``[floor(p * bin), ceil((p + 1) * bin))`` past the box
+    start, clipped to the map.
 
     start, length: [K] long, the rounded box. Returns each bin's first pixel and
     pixel count, both [K, P] long; a bin off the map has count 0.
@@ -271,7 +272,7 @@ def roi_pool(
     output_size: int | Sequence[int],
     spatial_scale: float = 1.0,
 ) -> Tensor:
-    """RoIPool (Fast R-CNN): max over whole-pixel bins of the rounded box. Equals ``torchvision.ops.roi_pool``.
+    """RoIPool (Fast R-CNN): the max over whole-pixel bins of the rounded box. Equals ``torchvision.ops.roi_pool``.
 
     The box is scaled and rounded to feature pixels, ``round(x * spatial_scale)``,
     and spans ``x2 - x1 + 1`` pixels (at least 1). Bin ``p`` covers pixels
@@ -305,16 +306,19 @@ def roi_pool(
     batch = rois[:, 0].long()
     first = (batch[:, None, None] * height + row_lo[:, :, None]) * width + col_lo[:, None, :]  # [K, h, w]
     rows, cols = rows[:, :, None].expand_as(first), cols[:, None, :].expand_as(first)
-    pixels, offsets = _bin_pixels(first.reshape(-1), rows.reshape(-1), cols.reshape(-1), width)
+    # A bin off the map reads one extra all-zero pixel at the end of the table: its max
+    # is then 0, as torchvision defines it, and the gradient it sends there is dropped.
+    empty = (rows == 0) | (cols == 0)
+    zero_pixel = num_images * height * width
+    first = first.masked_fill(empty, zero_pixel).reshape(-1)
+    rows, cols = rows.masked_fill(empty, 1).reshape(-1), cols.masked_fill(empty, 1).reshape(-1)
+    pixels, offsets = _bin_pixels(first, rows, cols, width)
 
-    table = _pixel_table(input)
+    table = torch.cat([_pixel_table(input), input.new_zeros(1, channels)])
     with torch.no_grad():  # only to learn which pixel wins: embedding_bag's 4th output, in mode 2 (max)
         argmax = torch.embedding_bag(table, pixels, offsets, False, 2)[3]
-    empty = (rows == 0) | (cols == 0)
-    argmax = argmax.masked_fill(empty.reshape(-1, 1), 0)
     # Reading the winners again is what autograd sees: the gradient goes to the argmax pixels.
-    pooled = table.gather(0, argmax).masked_fill(empty.reshape(-1, 1), 0)
-    return _bins_to_nchw(pooled, num_rois, out_h, out_w)
+    return _bins_to_nchw(table.gather(0, argmax), num_rois, out_h, out_w)
 
 
 # --- Modules ----------------------------------------------------------------------------
@@ -323,7 +327,9 @@ def roi_pool(
 class RoIAlign(nn.Module):
     """:func:`roi_align` as a module, like ``torchvision.ops.RoIAlign``."""
 
-    def __init__(self, output_size: int | Sequence[int], spatial_scale: float, sampling_ratio: int, aligned: bool = False) -> None:
+    def __init__(
+        self, output_size: int | Sequence[int], spatial_scale: float, sampling_ratio: int, aligned: bool = False
+    ) -> None:
         super().__init__()
         self.output_size = _output_size(output_size)
         _check_scale(spatial_scale)

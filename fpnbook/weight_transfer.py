@@ -213,7 +213,7 @@ class MLPMaskBranch(nn.Module):
     """Class-agnostic fully connected mask branch. Tensor[K, in_channels, S, S] -> Tensor[K, 1, resolution, resolution].
 
     The paper's branch is one fc layer from the 28x28x256 upsampled features to a 28x28
-    mask (40M weights). Scaled to our heads: a 1x1 conv to ``reduced_channels`` + ReLU,
+    mask (157M weights). Scaled to our heads: a 1x1 conv to ``reduced_channels`` + ReLU,
     average pooling to ``pooled_size`` x ``pooled_size``, then one fc layer to
     ``resolution**2`` logits. As in the authors' code the fc starts at normal(std 0.001)
     with zero bias, so the branch starts silent and the fused head starts as the FCN alone.

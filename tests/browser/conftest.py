@@ -35,6 +35,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+# The chapters to serve (copied); another folder can be tried, e.g. a draft of a chapter.
+CHAPTERS = Path(os.environ.get("FPNBOOK_BROWSER_CHAPTERS", REPO / "chapters"))
 HERE = Path(__file__).resolve().parent
 CHROMIUM = Path("/usr/bin/chromium")
 # No GPU, no network beyond 127.0.0.1, nothing that phones home or asks questions.
@@ -128,7 +130,7 @@ def _copy_of_the_book(root: Path) -> Path:
         if entry.name in {"chapters", ".git", ".pytest_cache", ".hypothesis"}:
             continue
         (root / entry.name).symlink_to(entry)
-    shutil.copytree(REPO / "chapters", root / "chapters", ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
+    shutil.copytree(CHAPTERS, root / "chapters", ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
     return root / "chapters"
 
 
@@ -347,8 +349,8 @@ class Notebook:
 
     # -- widgets, found by their description label
 
-    def widget(self, kind: str, label: str):
-        """The ipywidgets box of `kind` ('slider', 'dropdown', 'toggle-buttons', ...) labelled `label`."""
+    def labelled(self, kind: str, label: str):
+        """Relative locator of ipywidgets of `kind` whose description contains `label`."""
         css = {
             "slider": ".widget-slider",
             "dropdown": ".widget-dropdown",
@@ -356,9 +358,18 @@ class Notebook:
             "checkbox": ".widget-checkbox",
             "text": ".widget-text",
         }[kind]
-        box = self.page.locator(f".jp-NotebookPanel {css}").filter(has=self.page.locator(".widget-label", has_text=label))
+        return self.page.locator(css).filter(has=self.page.locator(".widget-label", has_text=label))
+
+    def widget(self, kind: str, label: str):
+        """The ipywidgets box of `kind` ('slider', 'dropdown', 'toggle-buttons', ...) labelled `label`."""
+        box = self.page.locator(".jp-NotebookPanel").locator(self.labelled(kind, label))
         assert box.count() >= 1, f"no {kind} labelled {label!r} in {self.name}"
         return box.first
+
+    def output_holding(self, kind: str, label: str):
+        """The cell output that holds the widget of `kind` labelled `label`: an explorer's whole box."""
+        outputs = self.page.locator(".jp-NotebookPanel .jp-OutputArea-output")
+        return outputs.filter(has=self.labelled(kind, label)).first
 
     def slider_value(self, label: str) -> str:
         return self.widget("slider", label).locator(".widget-readout").first.inner_text().strip()
@@ -380,7 +391,7 @@ class Notebook:
 
     def choose(self, label: str, option: str) -> None:
         """Pick `option` in the toggle buttons or dropdown labelled `label`."""
-        buttons = self.page.locator(".jp-NotebookPanel .widget-toggle-buttons").filter(has=self.page.locator(".widget-label", has_text=label))
+        buttons = self.page.locator(".jp-NotebookPanel").locator(self.labelled("toggle-buttons", label))
         if buttons.count():
             buttons.first.locator("button", has_text=re.compile(rf"^\s*{re.escape(option)}\s*$")).click()
         else:

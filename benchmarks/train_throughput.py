@@ -1,0 +1,124 @@
+"""Training and inference speed of fpnbook's Mask R-CNN against torchvision's, same backbone and settings.
+
+    python benchmarks/train_throughput.py [--threads 2] [--device auto] [--size 256] [--batch 2] [--quick]
+
+Both models start from the same weights: torchvision's ``MaskRCNN`` gets a copy of our
+backbone (tiny ResNet + FPN, P2..P6) and of every head weight, and our anchors, proposal
+counts, RoI batch per image and canonical scale
+(:func:`experiments.torchvision_compare.torchvision_mask_rcnn`). Its transform is set to
+``min_size = max_size = size`` and our mean/std, so it normalises and pads but never
+resizes. What differs is the code: our RPN, matching, sampling, RoIAlign (pure PyTorch,
+chapter 3) and heads against torchvision's (with its C++ RoIAlign); both use
+torchvision's NMS kernel.
+
+Rows: a training step (forward, backward, SGD step) and inference, in images per
+second, warm-up first, then the best of N with the two models taking turns, and the
+ratio fpnbook / torchvision (above 1: fpnbook is faster). Peak memory of a training
+step: on CUDA ``torch.cuda.max_memory_allocated``; on the CPU the growth of the
+resident set (``ru_maxrss``) over a training step, each model measured in its own
+fresh process (skipped by ``--quick``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import resource
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `experiments` lives beside `benchmarks`
+
+from experiments.torchvision_compare import best_times, infer_fn, torchvision_mask_rcnn, train_step_fn  # noqa: E402
+from fpnbook.models import ModelConfig, build  # noqa: E402
+
+NUM_CLASSES = 8
+
+
+def build_models(image_size: int, device: torch.device) -> dict[str, torch.nn.Module]:
+    torch.manual_seed(0)
+    ours = build(ModelConfig(kind="mask_rcnn", num_classes=NUM_CLASSES))
+    theirs = torchvision_mask_rcnn(ours, image_size)
+    return {"fpnbook": ours.to(device), "torchvision": theirs.to(device)}
+
+
+def make_batch(batch: int, image_size: int, device: torch.device) -> tuple[list, list]:
+    """Random images with 2..8 random boxes (8 px to half the image) and their box-shaped masks."""
+    g = torch.Generator().manual_seed(0)
+    images, targets = [], []
+    for _ in range(batch):
+        n = int(torch.randint(2, 9, (1,), generator=g))
+        size = 8 + torch.rand(n, 2, generator=g) * (image_size / 2 - 8)
+        corner = torch.rand(n, 2, generator=g) * (image_size - size)
+        boxes = torch.cat([corner, corner + size], dim=1)
+        masks = torch.zeros(n, image_size, image_size, dtype=torch.uint8)
+        for m, (x1, y1, x2, y2) in zip(masks, boxes.round().int().tolist()):
+            m[y1:y2, x1:x2] = 1
+        labels = torch.randint(1, NUM_CLASSES + 1, (n,), generator=g)
+        images.append(torch.rand(3, image_size, image_size, generator=g).to(device))
+        targets.append({"boxes": boxes.to(device), "labels": labels.to(device), "masks": masks.to(device)})
+    return images, targets
+
+
+def step_memory_mib(name: str, image_size: int, batch: int, device: str, threads: int) -> float:
+    """Peak memory a training step of model ``name`` adds, in MiB (see the module docstring)."""
+    torch.set_num_threads(threads)
+    device = torch.device(device)
+    model = build_models(image_size, device)[name]
+    images, targets = make_batch(batch, image_size, device)
+    step = train_step_fn(model, images, targets)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        step()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    step()
+    step()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    parser.add_argument("--size", type=int, default=256, help="square image side in pixels")
+    parser.add_argument("--batch", type=int, default=2, help="images per batch")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repetitions (best is kept)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 128 px, no warm-up, 1 repeat, no memory")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    size, warmup, repeats = (128, 0, 1) if args.quick else (args.size, 2, args.repeats)
+    models = build_models(size, device)
+    images, targets = make_batch(args.batch, size, device)
+    print(f"Mask R-CNN (tiny ResNet + FPN P2-P6, {NUM_CLASSES} classes), {args.batch} x {size}px, "
+          f"device {device}, {torch.get_num_threads()} threads, best of {repeats}")
+    rows = {
+        "train step": best_times({n: train_step_fn(m, images, targets) for n, m in models.items()}, repeats, device, warmup),
+        "inference": best_times({n: infer_fn(m, images) for n, m in models.items()}, repeats, device, warmup),
+    }
+    print(f"{'':<14}{'fpnbook img/s':>15}{'torchvision img/s':>19}{'ratio':>8}")
+    ratios = {}
+    for row, seconds in rows.items():
+        ours, theirs = args.batch / seconds["fpnbook"], args.batch / seconds["torchvision"]
+        ratios[row] = ours / theirs
+        print(f"{row:<14}{ours:>15.2f}{theirs:>19.2f}{ratios[row]:>8.2f}")
+    if not args.quick:
+        # A fresh process per model: ru_maxrss is a high-water mark that never goes down.
+        with multiprocessing.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
+            mib = {n: pool.apply(step_memory_mib, (n, size, args.batch, str(device), args.threads)) for n in models}
+        what = "max_memory_allocated" if device.type == "cuda" else "ru_maxrss growth"
+        print(f"{'peak MiB':<14}{mib['fpnbook']:>15.0f}{mib['torchvision']:>19.0f}"
+              f"{mib['torchvision'] / max(mib['fpnbook'], 1e-9):>8.2f}  ({what} over a training step; ratio theirs/ours)")
+        ratios["memory torchvision/fpnbook"] = mib["torchvision"] / max(mib["fpnbook"], 1e-9)
+    return ratios
+
+
+if __name__ == "__main__":
+    main()

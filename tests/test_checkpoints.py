@@ -1,0 +1,78 @@
+"""The shipped checkpoints: each loads, scores what its card says, and its command still trains."""
+
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+
+from fpnbook import cli, data
+from fpnbook.train import evaluate_model, load_checkpoint, read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+CHECKPOINTS = ROOT / "checkpoints"
+CARDS = json.loads((CHECKPOINTS / "cards.json").read_text()) if (CHECKPOINTS / "cards.json").exists() else {}
+NAMES = sorted(CARDS) or ["none"]
+KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def card_and_file(name: str) -> tuple[dict, Path]:
+    if name not in CARDS:
+        pytest.skip("checkpoints/cards.json lists no checkpoints")
+    path = CHECKPOINTS / CARDS[name]["file"]
+    if not path.is_file():
+        pytest.skip(f"{path} is missing (not shipped in this checkout)")
+    return CARDS[name], path
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_card_is_complete_and_file_is_small(name):
+    card, path = card_and_file(name)
+    assert {"command", "seed", "data", "train_seconds", "hardware", "val", "steps"} <= card.keys()
+    assert card["command"].startswith("python -m fpnbook train ")
+    assert path.stat().st_size <= 8 * 2**20, "a shipped checkpoint must stay under 8 MiB"
+    assert (CHECKPOINTS / f"{name}.md").is_file()
+    metrics = read_metrics(CHECKPOINTS / card["metrics_file"])
+    assert metrics[-1]["step"] == card["steps"]
+    state = load_checkpoint(path)
+    assert state.get("optimizer") is None, "shipped checkpoints carry no optimizer state"
+    assert state["model_config"] == card["model_config"] and state["step"] == card["steps"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_checkpoint_scores_what_its_card_says(name):
+    card, path = card_and_file(name)
+    model, _ = cli.load_model(path)
+    results = evaluate_model(model, cli.open_dataset(None, None), device="cpu")
+    assert set(results) == set(card["val"])
+    for iou_type, expected in card["val"].items():
+        for key in KEYS:
+            assert results[iou_type][key] == pytest.approx(expected[key], abs=0.005), (iou_type, key)
+
+
+def tiny_command(command: str, out: Path, val_images: Path, val_ann: Path) -> list[str]:
+    """The card's `fpnbook train` arguments, shrunk to 2 steps on 4 generated 64 px images."""
+    args = shlex.split(command)[3:]  # drop "python -m fpnbook"
+    shrink = {"--iterations": "2", "--out": str(out), "--synthetic": "4", "--size": "64", "--workers": "0",
+              "--log-every": "1", "--checkpoint-every": "0", "--val-ann": str(val_ann), "--val-images": str(val_images)}
+    kept, i = [], 0
+    while i < len(args):
+        if args[i] in shrink or args[i] == "--resume":
+            i += 2
+            continue
+        kept.append(args[i])
+        i += 1
+    return kept + [item for pair in shrink.items() for item in pair]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_card_command_still_trains(name, tmp_path, capsys):
+    card, _ = card_and_file(name)
+    val_images, val_ann = data.ensure_split("train", 4, 64, seed=0, progress=False)
+    out = tmp_path / "run"
+    assert cli.main(tiny_command(card["command"], out, val_images, val_ann)) == 0
+    state = load_checkpoint(out / "last.pt")
+    assert state["step"] == 2 and state["model_config"] == card["model_config"]
+    assert json.loads((out / "summary.json").read_text())["val"]
