@@ -4,6 +4,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.fpnbook-installed
 PORT   ?= 8888
+# OpenMP threads that spin while waiting starve each other when other work shares
+# the cores (seen here: a training step 10x slower); sleeping costs little when idle.
+export OMP_WAIT_POLICY ?= PASSIVE
 # The command the README gives readers and .ci/run calls.
 PYTEST := $(PY) -m pytest tests chapters --nbval --nbval-sanitize-with .nbval-sanitize.cfg
 
@@ -24,6 +27,11 @@ lab: $(STAMP)
 
 test: $(STAMP)
 	$(PYTEST)
+
+# The book in a real browser: Debian's Chromium driven by Playwright (tests/browser/README.md).
+test-browser: $(STAMP)
+	bash tools/browser_deps.sh $(PY)
+	$(PY) -m pytest tests/browser -p no:cacheprovider
 
 # Sync every jupytext pair from its .py and execute the notebook in place.
 book: $(STAMP)

@@ -4,6 +4,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -191,6 +193,7 @@ batch, _ = images.batch_images([photo])  # normalised, [1, 3, 256, 256]
 torch.manual_seed(0)
 net = backbone.resnet_tiny().eval()
 with_fpn = fpn.BackboneWithFPN(net, fpn.FPN(net.out_channels, 64, fpn.LastLevelMaxPool())).eval()
+print("resnet_tiny channels of C2..C5:", net.out_channels, "| FPN channels:", with_fpn.out_channels)
 SCALES = (4, 2, 1, 0.5)
 
 
@@ -532,7 +535,7 @@ print(f"roi_level == poolers.assign_levels == LevelMapper on all {len(gt_boxes)}
 # `python -m experiments.fpn_table1` trains the three from the same random
 # `resnet_tiny` with the same schedule, data and seed, and scores them with
 # class-agnostic COCO AR (`fpnbook.evaluate.coco_evaluate` with
-# `use_categories=False`, `max_dets=(10, 100, 1000)`) on our 64 validation images.
+# `use_categories=False`, `max_dets=(10, 100, 1000)`) on our validation images.
 # The committed record of its full run:
 
 # %%
@@ -565,9 +568,37 @@ plt.show()
 gain = {m: record["metrics"]["fpn"][m] - max(record["metrics"]["c4"][m], record["metrics"]["c5"][m])
         for m in fpn_table1.METRICS}
 print("FPN minus the better single map, in AR points:", {m: round(g, 1) for m, g in gain.items()})
+print("proposals per image:", {v: record["metrics"][v]["proposals_per_image"] for v in names})
+print("validation objects by size:", {name: int(mask.sum()) for name, mask in size_class.items()})
+ours_rows = record["metrics"]
+assert ours_rows["fpn"]["AR1000"] > ours_rows["c4"]["AR1000"] > ours_rows["c5"]["AR1000"]
+assert ours_rows["fpn"]["ARs"] > ours_rows["c4"]["ARs"] > ours_rows["c5"]["ARs"]
+assert max(gain.values()) == gain["ARs"]
 
 # %% [markdown]
-# RESULTS_DISCUSSION
+# What the miniature reproduces, and what it does not:
+#
+# - **The FPN wins, and by far the most on small objects**, as in the paper. Its RPN has
+#   the best AR100 and AR1k, and its lead is largest for small objects, where C4's
+#   anchors stand 16 pixels apart and C5's 32. Section 4's anchor coverage predicted
+#   this order before any training. C4 beats C5 overall, as in the paper.
+# - **Medium objects**: the FPN and C4 are close, as are the paper's (its C4 baseline is
+#   within a few points of the FPN there too).
+# - **Large objects go the other way**: both single maps beat the FPN, where the paper has
+#   the FPN ahead. This column rests on the few large objects of our validation split
+#   (printed above): one object found or missed moves it by several points, which is
+#   also why C4 and C5 can tie exactly. Beyond noise, two likely causes: our FPN gives
+#   every level 64 channels and one shared head, while C5's head reads 128 channels,
+#   and P6 is only P5 subsampled; and the short schedule trains P5 and P6, which see few
+#   positive anchors per image, less than the busy P2 and P3.
+# - **Our absolute numbers are lower** than the paper's: a tiny backbone from random
+#   weights, trained for a few hundred iterations on a thousand images, against an
+#   ImageNet-pretrained ResNet-50 trained on COCO; and most of our objects are small,
+#   the hardest kind. The comparison that carries over is between the rows, not the
+#   numbers.
+# - The single maps keep fewer than 1000 proposals per image (printed above): C5 has only
+#   960 anchors in all, and NMS removes overlapping ones, so their AR1k is also capped
+#   by how few places they can look.
 #
 # The script itself, in its `--smoke` mode: a few iterations on eight 128-pixel images,
 # evaluated on four validation images, to show it runs end to end (its numbers mean

@@ -27,6 +27,8 @@
 
 # %%
 # %matplotlib inline
+import contextlib
+import io
 import json
 import tempfile
 from pathlib import Path
@@ -226,13 +228,17 @@ def top(output: dict, k: int = 5) -> dict:
     return {key: value[order] for key, value in output.items()}
 
 
+def best_score(output: dict) -> float:
+    return float(output["scores"].max()) if len(output["scores"]) else 0.0
+
+
 shown = [1, 5, 9]
 pictures, titles = [], []
 for i in shown:
     image, target = val_set[i]
     pictures += [viz.draw_detections(image, target), viz.draw_detections(image, top(outputs[i]), score_threshold=0)]
-    titles += [f"val {i}: truth", f"best score {outputs[i]['scores'].max():.2f}"]
-print("best score per validation image: median", round(float(np.median([o["scores"].max() for o in outputs])), 2))
+    titles += [f"val {i}: truth", f"best score {best_score(outputs[i]):.2f}"]
+print("best score per validation image: median", round(float(np.median([best_score(o) for o in outputs])), 2))
 viz.show_grid(pictures, ncols=6, titles=titles, figsize=(9, 1.9))
 
 # %% [markdown]
@@ -250,7 +256,7 @@ photo[covered] = pixels[covered]
 photo_tensor = torch.from_numpy(photo).permute(2, 0, 1).float() / 255
 with torch.no_grad():
     photo_output = mask_rcnn([photo_tensor])[0]
-print(f"{len(category_ids)} shapes pasted; best score {photo_output['scores'].max():.2f}")
+print(f"{len(category_ids)} shapes pasted; best score {best_score(photo_output):.2f}")
 viz.show_grid([photo_tensor, viz.draw_detections(photo_tensor, top(photo_output), score_threshold=0)],
               ncols=2, titles=["pasted shapes", "mask_rcnn, 5 best"], figsize=(5, 2.7))
 
@@ -313,7 +319,9 @@ for k, (circle, rectangle) in enumerate([([[60, 60], [90, 60]], [[120, 30], [220
         {"label": "circle", "shape_type": "circle", "points": circle},
         {"label": "square", "shape_type": "rectangle", "points": rectangle}]}
     (own / f"photo{k}.json").write_text(json.dumps(labelme_file))
-assert cli.main(["data", "--from-labelme", str(own), "--out", str(own / "coco.json")]) == 0
+with contextlib.redirect_stdout(io.StringIO()) as said:  # the CLI prints the (temporary) paths
+    assert cli.main(["data", "--from-labelme", str(own), "--out", str(own / "coco.json")]) == 0
+print(said.getvalue().replace(str(own), "DIR").strip())
 own_set = data.CocoDataset(own, own / "coco.json")
 print(f"{len(own_set)} images, classes {own_set.class_names[1:]}, objects per image "
       f"{[len(own_set[i][1]['labels']) for i in range(len(own_set))]}")

@@ -51,6 +51,7 @@ def write_record(path: Path, record: dict) -> None:
     with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False, encoding="utf-8") as f:
         json.dump(record, f, indent=1, sort_keys=True)
         f.write("\n")
+    os.chmod(f.name, 0o644)  # NamedTemporaryFile makes it private; results are for everyone
     os.replace(f.name, path)
 
 

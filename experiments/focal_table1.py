@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = common.parser(NAME, __doc__.splitlines()[0])
     p.add_argument("--train-images", type=int, default=1000, help="generated training images (cached)")
     p.add_argument("--image-size", type=int, default=256)
-    p.add_argument("--iterations", type=int, default=240)
+    p.add_argument("--iterations", type=int, default=500)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=0.02)
     p.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=["ce", "alpha_ce", "fl"])

@@ -6,8 +6,8 @@ The three RPNs share everything but the features they read: the same backbone pr
 (randomly initialised with the same seed), the same training images, schedule and
 seed, and the same anchor sizes (16..256 px for our 256 px images: one size per
 level on P2..P6, all five on the single map of the baselines). Each is scored by
-class-agnostic COCO average recall of its proposals on the committed 64-image
-validation split: AR100 and AR1000 (up to 100 or 1000 proposals per image), and
+class-agnostic COCO average recall of its proposals on the committed validation
+split: AR100 and AR1000 (up to 100 or 1000 proposals per image), and
 AR1000 for small, medium and large objects (area < 32**2, < 96**2, above).
 
 Writes ``experiments/results/fpn_table1.json``; chapter 1 plots it.

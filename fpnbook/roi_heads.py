@@ -473,7 +473,7 @@ class RoIHeads(nn.Module):
         for image_rois, target, matched, image_labels in zip(rois, targets, matched_idxs, labels):
             has_mask = target.get("has_mask")
             keep = image_labels > 0
-            if has_mask is not None:
+            if has_mask is not None and has_mask.numel() > 0:  # an image with no objects has no RoI to keep
                 # Objects without a mask train the box branch only; no mask pixel of theirs is read.
                 keep &= has_mask.to(keep.device)[matched]
             mask_rois.append(image_rois[keep])

@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def pyproject_requirements():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    return set(project["dependencies"]) | set(project["optional-dependencies"]["test"])
+    extras = project["optional-dependencies"].values()
+    return set(project["dependencies"]).union(*extras)
 
 
 def environment_requirements():

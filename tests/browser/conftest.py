@@ -161,7 +161,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory):
         JUPYTERLAB_SETTINGS_DIR=str(state / "lab-settings"),
         JUPYTERLAB_WORKSPACES_DIR=str(state / "lab-workspaces"),
         IPYTHONDIR=str(state / "ipython"),
-        OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "1"),
+        OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "1"),  # kernels share 2 cores with the browser
         PYTHONUNBUFFERED="1",
     )
     _quiet_lab_settings(state / "lab-settings")
@@ -239,7 +239,8 @@ def save_screenshot(target, folder: Path, name: str) -> Path:
 # ---------------------------------------------------------------- a notebook in the page
 
 
-# JupyterLab renders an error output with the stderr mime type; so does a warning.
+# JupyterLab renders an error output with the stderr mime type, and warnings too: only
+# lines that look like a traceback or an exception count as errors.
 ERROR_LINE = re.compile(r"^(Traceback \(most recent call last\)|\w*(Error|Exception)\b)", re.MULTILINE)
 
 
@@ -350,7 +351,7 @@ class Notebook:
     # -- widgets, found by their description label
 
     def labelled(self, kind: str, label: str):
-        """Relative locator of ipywidgets of `kind` whose description contains `label`."""
+        """Relative locator of ipywidgets of `kind` whose description is `label`."""
         css = {
             "slider": ".widget-slider",
             "dropdown": ".widget-dropdown",
@@ -358,7 +359,9 @@ class Notebook:
             "checkbox": ".widget-checkbox",
             "text": ".widget-text",
         }[kind]
-        return self.page.locator(css).filter(has=self.page.locator(".widget-label", has_text=label))
+        exact = re.compile(rf"^\s*{re.escape(label)}\s*$")
+        # A checkbox shows its description beside the box (.widget-label-basic), the others before it.
+        return self.page.locator(css).filter(has=self.page.locator(".widget-label, .widget-label-basic", has_text=exact))
 
     def widget(self, kind: str, label: str):
         """The ipywidgets box of `kind` ('slider', 'dropdown', 'toggle-buttons', ...) labelled `label`."""
@@ -396,6 +399,10 @@ class Notebook:
             buttons.first.locator("button", has_text=re.compile(rf"^\s*{re.escape(option)}\s*$")).click()
         else:
             self.widget("dropdown", label).locator("select").select_option(label=option)
+
+    def chosen(self, label: str) -> str:
+        """The pressed button of the toggle buttons labelled `label`."""
+        return self.widget("toggle-buttons", label).locator("button.mod-active").first.inner_text().strip()
 
     def set_checkbox(self, label: str, checked: bool) -> None:
         self.widget("checkbox", label).locator("input[type=checkbox]").set_checked(checked)
