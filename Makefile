@@ -7,6 +7,8 @@ PORT   ?= 8888
 # OpenMP threads that spin while waiting starve each other when other work shares
 # the cores (seen here: a training step 10x slower); sleeping costs little when idle.
 export OMP_WAIT_POLICY ?= PASSIVE
+# Jupyter refuses to start as root (containers, CI) unless told it is meant.
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 # The command the README gives readers and .ci/run calls.
 PYTEST := $(PY) -m pytest tests chapters --nbval --nbval-sanitize-with .nbval-sanitize.cfg
 
@@ -23,7 +25,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 lab: $(STAMP)
-	$(PY) -m jupyter lab --no-browser --ip=127.0.0.1 --port=$(PORT) --notebook-dir=chapters
+	$(PY) -m jupyter lab --no-browser --ip=127.0.0.1 --port=$(PORT) --notebook-dir=chapters $(ALLOW_ROOT)
 
 test: $(STAMP)
 	$(PYTEST)
@@ -31,7 +33,7 @@ test: $(STAMP)
 # The book in a real browser: Debian's Chromium driven by Playwright (tests/browser/README.md).
 test-browser: $(STAMP)
 	bash tools/browser_deps.sh $(PY)
-	$(PY) -m pytest tests/browser -p no:cacheprovider
+	$(PY) -m pytest tests/browser -p no:cacheprovider --timeout=600 -s
 
 # Sync every jupytext pair from its .py and execute the notebook in place.
 book: $(STAMP)

@@ -14,17 +14,19 @@ torchvision's NMS kernel.
 Rows: a training step (forward, backward, SGD step) and inference, in images per
 second, warm-up first, then the best of N with the two models taking turns, and the
 ratio fpnbook / torchvision (above 1: fpnbook is faster). Peak memory of a training
-step: on CUDA ``torch.cuda.max_memory_allocated``; on the CPU the growth of the
-resident set (``ru_maxrss``) over a training step, each model measured in its own
-fresh process (skipped by ``--quick``).
+step: on CUDA ``torch.cuda.max_memory_allocated``; on the CPU the peak growth of the
+resident set (``/proc/self/statm``, sampled every 2 ms) over a training step after a
+first one, each model measured in its own fresh process (skipped by ``--quick``).
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing
-import resource
+import os
 import sys
+import threading
+import time
 from pathlib import Path
 
 import torch
@@ -62,6 +64,15 @@ def make_batch(batch: int, image_size: int, device: torch.device) -> tuple[list,
     return images, targets
 
 
+def rss_mib() -> float:
+    """This process's resident set now, in MiB (Linux; NaN elsewhere)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except OSError:
+        return float("nan")
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def step_memory_mib(name: str, image_size: int, batch: int, device: str, threads: int) -> float:
     """Peak memory a training step of model ``name`` adds, in MiB (see the module docstring)."""
     torch.set_num_threads(threads)
@@ -69,6 +80,7 @@ def step_memory_mib(name: str, image_size: int, batch: int, device: str, threads
     model = build_models(image_size, device)[name]
     images, targets = make_batch(batch, image_size, device)
     step = train_step_fn(model, images, targets)
+    step()  # the first step allocates the gradients and momentum buffers
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -76,10 +88,19 @@ def step_memory_mib(name: str, image_size: int, batch: int, device: str, threads
         step()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - before) / 2**20
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    # ru_maxrss cannot be reset, so sample the resident set while the step runs.
+    before, peak, done = rss_mib(), [0.0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_mib())
+            time.sleep(0.002)
+    sampler = threading.Thread(target=sample)
+    sampler.start()
     step()
-    step()
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    done.set()
+    sampler.join()
+    return max(peak[0], rss_mib()) - before
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -110,10 +131,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         ratios[row] = ours / theirs
         print(f"{row:<14}{ours:>15.2f}{theirs:>19.2f}{ratios[row]:>8.2f}")
     if not args.quick:
-        # A fresh process per model: ru_maxrss is a high-water mark that never goes down.
+        # A fresh process per model, so one model's freed-but-kept heap does not hide the other's growth.
         with multiprocessing.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
             mib = {n: pool.apply(step_memory_mib, (n, size, args.batch, str(device), args.threads)) for n in models}
-        what = "max_memory_allocated" if device.type == "cuda" else "ru_maxrss growth"
+        what = "max_memory_allocated" if device.type == "cuda" else "resident set growth"
         print(f"{'peak MiB':<14}{mib['fpnbook']:>15.0f}{mib['torchvision']:>19.0f}"
               f"{mib['torchvision'] / max(mib['fpnbook'], 1e-9):>8.2f}  ({what} over a training step; ratio theirs/ours)")
         ratios["memory torchvision/fpnbook"] = mib["torchvision"] / max(mib["fpnbook"], 1e-9)

@@ -203,7 +203,8 @@ def run(args: argparse.Namespace) -> dict:
     metrics = {"setup": {"backbone": "resnet_tiny (GN), C4 for stride 16, C5 for stride 32, 1x1 conv to 32",
                          "rois": "ground-truth boxes (train and eval)", "roi_size": ROI_SIZE, "mask_size": MASK_SIZE,
                          "roi_align": "sampling_ratio=2, aligned=False", "train_images": len(items),
-                         "image_size": "128 (the 256 px images halved)", "val_images": len(val), "iterations": args.iterations,
+                         "image_size": "128 (the 256 px images halved)", "val_images": len(val),
+                         "iterations": args.iterations,
                          "batch_size": args.batch_size, "lr": args.lr, "optimizer": "AdamW, warmup + cosine",
                          "seed": args.seed},
                "paper": PAPER}
@@ -228,7 +229,11 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return common.main(NAME, run, build_parser, argv)
+    record = common.main(NAME, run, build_parser, argv)
+    args = build_parser().parse_args(argv)
+    if not args.smoke or args.out is not None:  # the full record is written: the partial one is stale
+        common.result_path(NAME, args).with_suffix(".partial.json").unlink(missing_ok=True)
+    return record
 
 
 if __name__ == "__main__":

@@ -201,7 +201,8 @@ class RoIFigure:
         self.samples = self.ax_image.scatter([], [], s=4, c="C0")
         self.cells = self.ax_image.add_collection(LineCollection([], colors="w", lw=0.3, alpha=0.5))
         self.heat = {key: ax.imshow(np.zeros((2, 2)), cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
-                     for ax, key, cmap in ((self.ax_pool, "pooled_pool", "gray"), (self.ax_align, "pooled_align", "gray"),
+                     for ax, key, cmap in ((self.ax_pool, "pooled_pool", "gray"),
+                                           (self.ax_align, "pooled_align", "gray"),
                                            (self.ax_diff, "difference", "coolwarm"))}
         # No axes and no text: they are most of matplotlib's drawing time. The panels are
         # named in PANELS (HTML beside the figure); the grid lines show the feature pixels.

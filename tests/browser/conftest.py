@@ -227,6 +227,12 @@ def screenshot_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("screenshots")
 
 
+@pytest.fixture
+def screenshot(screenshot_dir: Path):
+    """screenshot(page_or_element, name) -> the PNG's path, listed at the end of the run."""
+    return lambda target, name: save_screenshot(target, screenshot_dir, name)
+
+
 def save_screenshot(target, folder: Path, name: str) -> Path:
     """Screenshot of a Playwright page or element, recorded for the end-of-run list."""
     path = folder / f"{name}.png"
