@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import time
 
 import torch
 from torchvision.models.detection import RetinaNet as TorchvisionRetinaNet
@@ -25,6 +24,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator as Torchvi
 
 from fpnbook.images import IMAGENET_MEAN, IMAGENET_STD
 from fpnbook.retinanet import RetinaNet, retinanet_tiny, torchvision_head_state_dict
+from fpnbook.timing import best_times
 
 NUM_CLASSES = 8
 
@@ -77,24 +77,6 @@ def infer(model, images) -> None:
     model(images)
 
 
-def best_times(fns: dict, warmup: int, repeats: int, device: torch.device) -> dict[str, float]:
-    """Best wall time of each function; the functions take turns so machine noise hits both alike."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    best = {name: float("inf") for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
-
-
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
@@ -130,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                     ours.head.cls_logits.bias.zero_()
                 theirs.head.load_state_dict(torchvision_head_state_dict(ours.head))
             fns = {"ours": lambda: infer(ours, images), "theirs": lambda: infer(theirs, images)}
-        best = best_times(fns, warmup, repeats, device)
+        best = best_times(fns, repeats, device, warmup)
         ours_ips, theirs_ips = args.batch / best["ours"], args.batch / best["theirs"]
         ratios[row] = ours_ips / theirs_ips
         print(f"{row:<26}{ours_ips:>15.1f}{theirs_ips:>19.1f}{ratios[row]:>7.2f}x")

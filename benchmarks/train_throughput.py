@@ -33,7 +33,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `experiments` lives beside `benchmarks`
 
-from experiments.torchvision_compare import best_times, infer_fn, torchvision_mask_rcnn, train_step_fn  # noqa: E402
+from experiments.torchvision_compare import infer_fn, torchvision_mask_rcnn, train_step_fn  # noqa: E402
+from fpnbook.timing import best_times  # noqa: E402
 from fpnbook.models import ModelConfig, build  # noqa: E402
 
 NUM_CLASSES = 8

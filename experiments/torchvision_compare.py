@@ -45,6 +45,7 @@ from fpnbook import data
 from fpnbook.images import IMAGENET_MEAN, IMAGENET_STD
 from fpnbook.models import ModelConfig, build
 from fpnbook.rcnn import MaskRCNN
+from fpnbook.timing import best_times
 from fpnbook.train import TrainConfig, evaluate_model, load_checkpoint, read_metrics, train
 
 NAME = "torchvision_compare"
@@ -105,24 +106,6 @@ def torchvision_mask_rcnn(ours: MaskRCNN, image_size: int) -> TorchvisionMaskRCN
         mask_roi_pool=TorchvisionMultiScaleRoIAlign(names, 14, 2, canonical_scale=canonical),
         mask_head=mask_head, mask_predictor=mask_predictor,
     )
-
-
-def best_times(fns: dict, repeats: int, device: torch.device, warmup: int = 1) -> dict[str, float]:
-    """Best wall time in seconds of each function; they take turns, so machine load hits all alike."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    best = dict.fromkeys(fns, float("inf"))
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
 
 
 def train_step_fn(model: nn.Module, images: list, targets: list):

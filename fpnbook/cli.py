@@ -190,6 +190,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from .models import ModelConfig, build
+    from .timing import best_times
     from .train import resolve_device
 
     torch.set_num_threads(args.threads)
@@ -217,18 +218,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         model.eval()
         model(images)
 
-    for name, step in (("train", train_step), ("inference", infer)):
-        step()  # warm-up
-        times = []
-        for _ in range(args.repeats):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            tic = time.perf_counter()
-            step()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - tic)
-        print(f"{args.model} {name}: {args.batch_size / min(times):.1f} images/s "
+    best = best_times({"train": train_step, "inference": infer}, args.repeats, device)
+    for name, seconds in best.items():
+        print(f"{args.model} {name}: {args.batch_size / seconds:.1f} images/s "
               f"({args.size}px, batch {args.batch_size}, {device}, {args.threads} threads)")
     return 0
 

@@ -69,8 +69,9 @@ def test_coder_equals_torchvision(gt, w):
     ref = gt.flip(0) + 1.0
     ours, theirs = B.BoxCoder(w), TorchvisionBoxCoder(w)
     torch.testing.assert_close(ours.encode(gt, ref), theirs.encode_single(gt, ref))
-    deltas = torch.randn(len(gt), 8) * 3
-    torch.testing.assert_close(ours.decode(deltas, ref), theirs.decode_single(deltas, ref))
+    deltas = torch.randn(len(gt), 8, generator=torch.Generator().manual_seed(len(gt))) * 3
+    # exp(dw) reaches 1000x: compare relative to the size of the decoded coordinates.
+    torch.testing.assert_close(ours.decode(deltas, ref), theirs.decode_single(deltas, ref), rtol=1e-5, atol=1e-3)
 
 
 def test_decode_clamps_dw_dh():
