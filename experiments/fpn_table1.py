@@ -54,16 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
 def build_model(features: str, preset: str = "tiny") -> RPNModel:
     """An RPN reading ``features`` ("c4", "c5" or "fpn") of a fresh ``preset`` backbone.
 
-    Training never looks at the proposals of a lone RPN (there is no second stage to
-    feed), so training-mode proposal selection keeps one box per level; at test time
-    each level sends its 1000 best anchors to NMS and the image keeps 1000 proposals.
+    A lone RPN selects no proposals in training (there is no second stage to feed); at
+    test time each level sends its 1000 best anchors to NMS and the image keeps 1000.
     """
-    return RPNModel(
-        BACKBONES[preset](),
-        features,
-        pre_nms_top_n=dict(training=1, testing=1000),
-        post_nms_top_n=dict(training=1, testing=1000),
-    )
+    return RPNModel(BACKBONES[preset](), features, pre_nms_top_n=dict(training=1000, testing=1000),
+                    post_nms_top_n=dict(training=1000, testing=1000))
 
 
 def proposals_to_results(outputs: list[dict], image_ids: list[int]) -> list[dict]:

@@ -179,12 +179,21 @@ class RegionProposalNetwork(nn.Module):
             check_targets(targets, len(image_sizes))
         anchors, objectness, deltas, num_per_level = self.predict(images, image_sizes, features)
         proposals = self.select_proposals(anchors, objectness.detach(), deltas.detach(), image_sizes, num_per_level)
-        losses = {}
-        if self.training:
-            labels, regression_targets = self.assign_targets(anchors, targets)
-            loss_objectness, loss_box = self.compute_loss(objectness, deltas, labels, regression_targets)
-            losses = {"loss_objectness": loss_objectness, "loss_rpn_box_reg": loss_box}
+        losses = self.losses(anchors, objectness, deltas, targets) if self.training else {}
         return [p["boxes"] for p in proposals], losses
+
+    def losses(
+        self, anchors: Tensor, objectness: Tensor, deltas: Tensor, targets: Sequence[Mapping[str, Tensor]]
+    ) -> dict[str, Tensor]:
+        """``{"loss_objectness", "loss_rpn_box_reg"}`` for the outputs of :meth:`predict`.
+
+        An RPN trained on its own (:class:`RPNModel`) calls this after :meth:`predict` and
+        skips :meth:`select_proposals`, whose boxes only the RoI heads would use.
+        """
+        check_targets(targets, objectness.shape[0])
+        labels, regression_targets = self.assign_targets(anchors, targets)
+        loss_objectness, loss_box = self.compute_loss(objectness, deltas, labels, regression_targets)
+        return {"loss_objectness": loss_objectness, "loss_rpn_box_reg": loss_box}
 
     @torch.no_grad()
     def propose(
@@ -384,6 +393,9 @@ class RPNModel(nn.Module):
             maps = self.fpn(maps)
         else:
             maps = OrderedDict([(self.features, maps[self.features])])
-        if self.training:
-            return self.rpn(batch, image_sizes, maps, targets)[1]
-        return self.rpn.propose(batch, image_sizes, maps)
+        if not self.training:
+            return self.rpn.propose(batch, image_sizes, maps)
+        if targets is None:
+            raise ValueError("targets must be given in training mode (a list of dicts with 'boxes')")
+        anchors, objectness, deltas, _ = self.rpn.predict(batch, image_sizes, maps)
+        return self.rpn.losses(anchors, objectness, deltas, targets)

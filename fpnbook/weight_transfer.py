@@ -33,8 +33,8 @@ whose one 28x28 mask is added to every class's transferred logits: an fc layer s
 whole RoI at once and captures an object's overall shape, where the 3x3 convs see
 neighbourhoods.
 
-:func:`to_mask_x` turns a Mask R-CNN (:mod:`fpnbook.rcnn`) into Mask^X R-CNN with a
-``mask_classes`` set: the mask loss covers only RoIs matched to objects of those classes
+:class:`MaskXRCNN` is a Mask R-CNN (:mod:`fpnbook.rcnn`) with a ``mask_classes`` set, and
+:func:`to_mask_x` builds one from a Mask R-CNN: the mask loss covers only RoIs matched to objects of those classes
 (``has_mask``, see :mod:`fpnbook.roi_heads`), the box losses cover every class.
 """
 
@@ -45,6 +45,8 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .rcnn import MaskRCNN
 
 INPUTS = ("cls", "box", "cls+box")
 KINDS = ("linear", "mlp")
@@ -311,16 +313,30 @@ def partial_mask_targets(targets: Sequence[Mapping[str, Tensor]], mask_classes: 
     return out
 
 
-def _partial_supervision_hook(model: nn.Module, args: tuple, kwargs: dict):
-    # model(images, targets): add / check has_mask on the targets before the model sees them.
-    if not model.training:
-        return None
-    if "targets" in kwargs:
-        if kwargs["targets"] is not None:
-            kwargs = {**kwargs, "targets": partial_mask_targets(kwargs["targets"], model.mask_classes)}
-    elif len(args) > 1 and args[1] is not None:
-        args = (args[0], partial_mask_targets(args[1], model.mask_classes), *args[2:])
-    return args, kwargs
+class MaskXRCNN(MaskRCNN):
+    """Mask^X R-CNN (Hu et al. 2018): a Mask R-CNN whose mask branch trains on ``mask_classes`` only.
+
+    Inputs and outputs are :class:`fpnbook.rcnn.MaskRCNN`'s. In training every target
+    goes through :func:`partial_mask_targets` first: ``has_mask`` [G] is derived from
+    ``mask_classes`` when a target lacks it, and a target that marks a mask on another
+    class is refused, so the mask loss sees only ``mask_classes`` objects while the box
+    losses cover every class. At inference it predicts masks for every class. Build one
+    with :func:`to_mask_x` (or :func:`fpnbook.models.build`).
+    """
+
+    def __init__(self, backbone: nn.Module, rpn: nn.Module, roi_heads: nn.Module, mask_classes: Iterable[int]) -> None:
+        super().__init__(backbone, rpn=rpn, roi_heads=roi_heads)
+        self.mask_classes = check_mask_classes(mask_classes, roi_heads.box_predictor.cls_score.out_features)
+
+    def forward(
+        self, images: Sequence[Tensor], targets: Sequence[Mapping[str, Tensor]] | None = None
+    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        if self.training and targets is not None:
+            targets = partial_mask_targets(targets, self.mask_classes)
+        return super().forward(images, targets)
+
+    def extra_repr(self) -> str:
+        return f"mask_classes={sorted(self.mask_classes)}"
 
 
 def to_mask_x(
@@ -332,7 +348,7 @@ def to_mask_x(
     stop_gradient: bool = True,
     class_agnostic_mlp: bool = False,
 ) -> nn.Module:
-    """Make a Mask R-CNN a Mask^X R-CNN trained with masks of ``mask_classes`` only. Returns ``model``, changed in place.
+    """A :class:`MaskXRCNN` made of ``model``'s parts, trained with the masks of ``mask_classes`` only.
 
     ``model`` is an :class:`fpnbook.rcnn.MaskRCNN` (anything whose ``roi_heads`` has
     ``box_predictor``, ``mask_head`` and a ``mask_predictor`` with a ``conv5_mask``
@@ -342,16 +358,16 @@ def to_mask_x(
     (build it with ``class_agnostic_mask=True``): the baseline. ``class_agnostic_mlp``
     adds the :class:`MLPMaskBranch` (the fused head).
 
-    In training the model derives ``has_mask`` from ``mask_classes`` when a target lacks
-    it and refuses one that marks a mask outside them (:func:`partial_mask_targets`), so
-    the mask loss sees only ``mask_classes`` objects; box losses still cover every class.
+    The parts move, they are not copied: ``model``'s RoI heads get the new mask
+    predictor, so use the returned model from then on. State dict keys stay those of a
+    Mask R-CNN with that predictor, so weights load either way.
     """
     heads = getattr(model, "roi_heads", None)
     for name in ("box_predictor", "mask_head", "mask_predictor"):
         if getattr(heads, name, None) is None:
             raise TypeError(f"model.roi_heads must have a {name} (build the model with fpnbook.rcnn.mask_rcnn_tiny)")
     num_classes = heads.box_predictor.cls_score.out_features
-    mask_classes = check_mask_classes(mask_classes, num_classes)
+    check_mask_classes(mask_classes, num_classes)  # before anything changes
     predictor = heads.mask_predictor
     deconv = getattr(predictor, "conv5_mask", None)
     if not isinstance(deconv, nn.ConvTranspose2d):
@@ -368,9 +384,4 @@ def to_mask_x(
     if class_agnostic_mlp:
         predictor = FusedMaskPredictor(predictor, in_channels)
     heads.mask_predictor = predictor
-    model.mask_classes = mask_classes
-    old = getattr(model, "_mask_x_hook", None)
-    if old is not None:
-        old.remove()
-    model._mask_x_hook = model.register_forward_pre_hook(_partial_supervision_hook, with_kwargs=True)
-    return model
+    return MaskXRCNN(model.backbone, model.rpn, heads, mask_classes)

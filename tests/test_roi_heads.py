@@ -263,11 +263,15 @@ def test_no_mask_at_all_gives_zero_mask_loss_and_zero_gradients():
         assert p.grad is not None and p.grad.abs().sum() == 0  # connected to the graph, but zero
 
 
-def test_image_without_objects_trains():
+@pytest.mark.parametrize("has_mask", [False, True], ids=["no-has_mask", "empty-has_mask"])
+def test_image_without_objects_trains(has_mask):
     heads, _ = twin_heads(mask=True)
     heads.train()
     targets = make_targets()
     targets[1] = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64), "masks": torch.zeros(0, 80, 100)}
+    if has_mask:  # partial supervision gives every image a has_mask, an empty one here (this once crashed)
+        targets[0]["has_mask"] = torch.ones(len(targets[0]["boxes"]), dtype=torch.bool)
+        targets[1]["has_mask"] = torch.zeros(0, dtype=torch.bool)
     _, losses = heads(features(), make_proposals(targets), IMAGE_SIZES, targets)
     assert all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()

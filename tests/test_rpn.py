@@ -8,6 +8,7 @@ from torchvision.models.detection.image_list import ImageList
 
 from fpnbook.anchors import AnchorGenerator
 from fpnbook.backbone import resnet_tiny
+from fpnbook.images import batch_images
 from fpnbook.rpn import SMALL_ANCHOR_SIZES, RegionProposalNetwork, RPNHead, RPNModel, flatten_predictions, rpn_loss
 
 RATIOS = ((0.5, 1.0, 2.0),) * 5
@@ -244,3 +245,20 @@ def test_rpn_model_trains_and_proposes(features, anchors_per_pixel):
         assert (o["boxes"][:, 2] <= image.shape[2]).all() and (o["boxes"][:, 3] <= image.shape[1]).all()
     with pytest.raises(ValueError, match="features"):
         RPNModel(resnet_tiny(), "c3")
+
+
+def test_rpn_model_training_losses_equal_the_full_rpn_and_select_no_proposals(monkeypatch):
+    torch.manual_seed(0)
+    model = RPNModel(resnet_tiny(), "fpn")
+    images = [torch.rand(3, 96, 128), torch.rand(3, 70, 100)]
+    batch, sizes = batch_images(images)
+    torch.manual_seed(1)
+    maps = model.fpn(model.backbone(batch))
+    expected = model.rpn(batch, sizes, maps, targets())[1]  # forward: proposals and losses
+    monkeypatch.setattr(model.rpn, "select_proposals", lambda *a, **k: pytest.fail("a lone RPN selected proposals"))
+    torch.manual_seed(1)
+    losses = model(images, targets())
+    for name in expected:
+        torch.testing.assert_close(losses[name], expected[name])
+    with pytest.raises(ValueError, match="targets"):
+        model(images)

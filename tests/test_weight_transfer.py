@@ -267,3 +267,22 @@ def test_deepcopy_keeps_the_transfer_reading_the_copied_box_predictor():
     assert model.roi_heads.mask_predictor.box_predictor is model.roi_heads.box_predictor
     images, targets = scene()
     assert torch.isfinite(seeded_losses(clone, images, targets)["loss_mask"])  # the hook came along
+
+
+def test_to_mask_x_returns_a_mask_x_rcnn_with_mask_rcnn_state_keys():
+    torch.manual_seed(0)
+    mask_rcnn = rcnn.mask_rcnn_tiny(5, representation_size=32, mask_layers=(8,), mask_dim_reduced=8)
+    model = wt.to_mask_x(mask_rcnn, SEEN, transfer="cls+box")
+    assert isinstance(model, wt.MaskXRCNN) and isinstance(model, rcnn.MaskRCNN)
+    assert model.mask_classes == frozenset(SEEN) and f"mask_classes={sorted(SEEN)}" in repr(model)
+    assert model.roi_heads is mask_rcnn.roi_heads  # parts move, not copied
+    assert set(model.state_dict()) == set(mask_rcnn.state_dict())
+    assert not model._forward_pre_hooks  # partial supervision lives in forward, not in a hook
+
+
+def test_mask_x_rcnn_in_eval_mode_ignores_has_mask():
+    model = tiny_model().eval()
+    images, targets = scene("zeros")
+    targets[0]["has_mask"] = torch.tensor([True, True])  # would be refused in training
+    with torch.no_grad():
+        assert len(model(images)) == 2

@@ -269,7 +269,7 @@ class RoIExplorer(widgets.VBox):
                  mode: str = "both") -> None:
         self.grey = grey_image(image)
         height, width = self.grey.shape
-        style = {"description_width": "90px"}
+        style = {"description_width": "110px"}  # wide enough for "sampling ratio" in JupyterLab 4
 
         def slider(value: int, low: int, high: int, description: str) -> widgets.IntSlider:
             return widgets.IntSlider(value=value, min=low, max=high, description=description,
