@@ -15,7 +15,6 @@ models alternating. Prints images/second and the ratio fpnbook / torchvision.
 
 from __future__ import annotations
 
-import argparse
 import copy
 
 import torch
@@ -24,6 +23,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator as Torchvi
 
 from fpnbook.images import IMAGENET_MEAN, IMAGENET_STD
 from fpnbook.retinanet import RetinaNet, retinanet_tiny, torchvision_head_state_dict
+from common import model_benchmark_args
 from fpnbook.timing import best_times
 
 NUM_CLASSES = 8
@@ -78,17 +78,7 @@ def infer(model, images) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    parser.add_argument("--size", type=int, default=256, help="square image side in pixels")
-    parser.add_argument("--batch", type=int, default=2, help="images per batch")
-    parser.add_argument("--repeats", type=int, default=10, help="timed repetitions (best is kept)")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 128 px, 1 warm-up, 2 repeats")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
+    args, device = model_benchmark_args(__doc__.splitlines()[0], 10, "smoke run: 128 px, 1 warm-up, 2 repeats", argv)
     size, warmup, repeats = (128, 1, 2) if args.quick else (args.size, 3, args.repeats)
     torch.manual_seed(0)
     ours, theirs = build_models(NUM_CLASSES, size, device)

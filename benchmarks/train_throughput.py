@@ -21,7 +21,6 @@ first one, each model measured in its own fresh process (skipped by ``--quick``)
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing
 import os
 import sys
@@ -34,6 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `experiments` lives beside `benchmarks`
 
 from experiments.torchvision_compare import infer_fn, torchvision_mask_rcnn, train_step_fn  # noqa: E402
+from common import model_benchmark_args  # noqa: E402
 from fpnbook.timing import best_times  # noqa: E402
 from fpnbook.models import ModelConfig, build  # noqa: E402
 
@@ -105,17 +105,7 @@ def step_memory_mib(name: str, image_size: int, batch: int, device: str, threads
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    parser.add_argument("--size", type=int, default=256, help="square image side in pixels")
-    parser.add_argument("--batch", type=int, default=2, help="images per batch")
-    parser.add_argument("--repeats", type=int, default=5, help="timed repetitions (best is kept)")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 128 px, no warm-up, 1 repeat, no memory")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
+    args, device = model_benchmark_args(__doc__.splitlines()[0], 5, "smoke run: 128 px, no warm-up, 1 repeat, no memory", argv)
     size, warmup, repeats = (128, 0, 1) if args.quick else (args.size, 2, args.repeats)
     models = build_models(size, device)
     images, targets = make_batch(args.batch, size, device)
