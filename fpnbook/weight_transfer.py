@@ -34,8 +34,9 @@ whole RoI at once and captures an object's overall shape, where the 3x3 convs se
 neighbourhoods.
 
 :class:`MaskXRCNN` is a Mask R-CNN (:mod:`fpnbook.rcnn`) with a ``mask_classes`` set, and
-:func:`to_mask_x` builds one from a Mask R-CNN: the mask loss covers only RoIs matched to objects of those classes
-(``has_mask``, see :mod:`fpnbook.roi_heads`), the box losses cover every class.
+:func:`to_mask_x` builds one from a Mask R-CNN's parts: the mask loss covers only RoIs
+matched to objects of those classes (``has_mask``, see :mod:`fpnbook.roi_heads`), the box
+losses cover every class.
 """
 
 from __future__ import annotations
@@ -295,7 +296,9 @@ def partial_mask_targets(targets: Sequence[Mapping[str, Tensor]], mask_classes: 
     mask_classes = frozenset(mask_classes)
     out = []
     for i, target in enumerate(targets):
-        labels = target["labels"]
+        labels = target.get("labels") if isinstance(target, Mapping) else None
+        if not isinstance(labels, Tensor) or labels.dim() != 1:
+            raise ValueError(f"targets[{i}] must be a dict with 'labels', an int64 Tensor[G]")
         allowed = torch.zeros_like(labels, dtype=torch.bool)
         for c in mask_classes:
             allowed |= labels == c
@@ -347,7 +350,7 @@ def to_mask_x(
     hidden: int | None = None,
     stop_gradient: bool = True,
     class_agnostic_mlp: bool = False,
-) -> nn.Module:
+) -> MaskXRCNN:
     """A :class:`MaskXRCNN` made of ``model``'s parts, trained with the masks of ``mask_classes`` only.
 
     ``model`` is an :class:`fpnbook.rcnn.MaskRCNN` (anything whose ``roi_heads`` has

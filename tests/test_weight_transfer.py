@@ -286,3 +286,11 @@ def test_mask_x_rcnn_in_eval_mode_ignores_has_mask():
     targets[0]["has_mask"] = torch.tensor([True, True])  # would be refused in training
     with torch.no_grad():
         assert len(model(images)) == 2
+
+
+def test_mask_x_rcnn_names_a_target_without_labels():
+    model = tiny_model()
+    images, targets = scene("zeros")
+    del targets[1]["labels"]
+    with pytest.raises(ValueError, match=r"targets\[1\].*'labels'"):
+        seeded_losses(model, images, targets)
