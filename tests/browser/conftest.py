@@ -316,7 +316,7 @@ class Notebook:
         self.page.locator(".lm-Menu-itemLabel", has_text=re.compile(rf"^{re.escape(item)}$")).click()
 
     def run_all(self) -> float:
-        """Edit > Clear Outputs of All Cells, then Run > Run All Cells; returns the seconds it took.
+        """Edit > Clear Outputs of All Cells, then Run > Run All Cells; prints and returns the seconds it took.
 
         Clearing first means every output checked afterwards came from this run, not from
         the outputs stored in the notebook.
@@ -335,7 +335,9 @@ class Notebook:
             timeout=10_000,
         )
         self.wait_until_done()
-        return time.monotonic() - start
+        seconds = time.monotonic() - start
+        print(f"{self.name}: Run All Cells took {seconds:.1f} s")
+        return seconds
 
     def errors(self) -> list[str]:
         """Texts of error-like outputs: tracebacks, FooError lines, widgets that failed to show."""

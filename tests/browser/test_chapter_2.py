@@ -21,8 +21,7 @@ def read_share(explorer) -> tuple[float, float, float, float]:
 
 def test_chapter_2_focal_explorer(notebook):
     chapter = notebook(CHAPTER)
-    seconds = chapter.run_all()
-    print(f"{CHAPTER}: Run All Cells took {seconds:.1f} s")
+    chapter.run_all()
     chapter.assert_ran_cleanly()
 
     explorer = chapter.output_holding("slider", "γ (gamma)")

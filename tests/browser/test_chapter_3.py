@@ -45,8 +45,7 @@ def assert_edges(shown: dict, expected: dict) -> None:
 
 def test_chapter_3_roi_explorer(notebook):
     chapter = notebook(CHAPTER)
-    seconds = chapter.run_all()
-    print(f"{CHAPTER}: Run All Cells took {seconds:.1f} s")
+    chapter.run_all()
     chapter.assert_ran_cleanly()
 
     explorer = chapter.output_holding("slider", "width")

@@ -35,8 +35,7 @@ def test_requests_without_the_token_are_refused(lab, browser, screenshot):
 
 def test_chapter_0_runs_without_errors(notebook):
     chapter = notebook("00_start_here.ipynb")
-    seconds = chapter.run_all()
-    print(f"00_start_here: Run All Cells took {seconds:.1f} s")
+    chapter.run_all()
     chapter.screenshot("00_start_here-after-run-all")
     chapter.assert_ran_cleanly()
     # The first figure (the dataset grid) is there, rendered by matplotlib.
