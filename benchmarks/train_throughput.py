@@ -1,6 +1,7 @@
 """Training and inference speed of fpnbook's Mask R-CNN against torchvision's, same backbone and settings.
 
-    python benchmarks/train_throughput.py [--threads 2] [--device auto] [--size 256] [--batch 2] [--quick]
+    python benchmarks/train_throughput.py [--threads 2] [--device auto] [--size 256] [--batch 2]
+                                          [--data random|generated] [--quick]
 
 Both models start from the same weights: torchvision's ``MaskRCNN`` gets a copy of our
 backbone (tiny ResNet + FPN, P2..P6) and of every head weight, and our anchors, proposal
@@ -10,6 +11,11 @@ counts, RoI batch per image and canonical scale
 resizes. What differs is the code: our RPN, matching, sampling, RoIAlign (pure PyTorch,
 chapter 3) and heads against torchvision's (with its C++ RoIAlign); both use
 torchvision's NMS kernel.
+
+The batch: ``--data random`` (default) draws random images with 2..8 random box-shaped
+objects; ``--data generated`` takes the first ``--batch`` images of the generated
+training split (``fpnbook.data.ensure_split``, cached; at least 8 images, ``--size`` px),
+real shapes with real masks, as ``fpnbook train`` sees them.
 
 Rows: a training step (forward, backward, SGD step) and inference, in images per
 second, warm-up first, then the best of N with the two models taking turns, and the
@@ -34,15 +40,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `experiments` li
 
 from experiments.torchvision_compare import infer_fn, torchvision_mask_rcnn, train_step_fn  # noqa: E402
 from common import model_benchmark_args  # noqa: E402
+from fpnbook import data  # noqa: E402
 from fpnbook.timing import best_times  # noqa: E402
-from fpnbook.models import ModelConfig, build  # noqa: E402
+from fpnbook.models import COCO_SIZING, ModelConfig, build  # noqa: E402
 
 NUM_CLASSES = 8
+DATA = ("random", "generated")
 
 
-def build_models(image_size: int, device: torch.device) -> dict[str, torch.nn.Module]:
+def build_models(image_size: int, device: torch.device, sizing: str = "book") -> dict[str, torch.nn.Module]:
+    """Our Mask R-CNN and its torchvision twin; ``sizing`` ``"coco"`` gives both COCO's 2000/2000/512 counts."""
     torch.manual_seed(0)
-    ours = build(ModelConfig(kind="mask_rcnn", num_classes=NUM_CLASSES))
+    ours = build(ModelConfig(kind="mask_rcnn", num_classes=NUM_CLASSES, **(COCO_SIZING if sizing == "coco" else {})))
     theirs = torchvision_mask_rcnn(ours, image_size)
     return {"fpnbook": ours.to(device), "torchvision": theirs.to(device)}
 
@@ -65,6 +74,32 @@ def make_batch(batch: int, image_size: int, device: torch.device) -> tuple[list,
     return images, targets
 
 
+def generated_batch(batch: int, image_size: int, device: torch.device) -> tuple[list, list]:
+    """The first ``batch`` images of the generated training split and their boxes, labels and masks.
+
+    Images Tensor[3, S, S] in 0..1; targets ``boxes`` [G, 4] XYXY, ``labels`` int64 [G] in
+    1..8, ``masks`` uint8 [G, S, S], as plain tensors (not tv_tensors), the same for both models.
+    """
+    # At least 8 images, so that small batches share one cached split with the other benchmarks.
+    image_dir, ann_file = data.ensure_split("train", max(batch, 8), image_size=image_size, seed=0, progress=False)
+    dataset = data.CocoDataset(image_dir, ann_file)
+    if dataset.num_classes > NUM_CLASSES:
+        raise ValueError(f"the generated split has {dataset.num_classes} classes, the models only {NUM_CLASSES}")
+    images, targets = [], []
+    for i in range(batch):
+        image, target = dataset[i]
+        images.append(image.as_subclass(torch.Tensor).to(device))
+        targets.append({k: target[k].as_subclass(torch.Tensor).to(device) for k in ("boxes", "labels", "masks")})
+    return images, targets
+
+
+def batch_of(kind: str, batch: int, image_size: int, device: torch.device) -> tuple[list, list]:
+    """The benchmark's batch: ``kind`` is ``"random"`` (:func:`make_batch`) or ``"generated"`` (:func:`generated_batch`)."""
+    if kind == "generated":
+        return generated_batch(batch, image_size, device)
+    return make_batch(batch, image_size, device)
+
+
 def rss_mib() -> float:
     """This process's resident set now, in MiB (Linux; NaN elsewhere)."""
     try:
@@ -74,12 +109,13 @@ def rss_mib() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def step_memory_mib(name: str, image_size: int, batch: int, device: str, threads: int) -> float:
+def step_memory_mib(name: str, image_size: int, batch: int, device: str, threads: int, kind: str = "random",
+                    sizing: str = "book") -> float:
     """Peak memory a training step of model ``name`` adds, in MiB (see the module docstring)."""
     torch.set_num_threads(threads)
     device = torch.device(device)
-    model = build_models(image_size, device)[name]
-    images, targets = make_batch(batch, image_size, device)
+    model = build_models(image_size, device, sizing)[name]
+    images, targets = batch_of(kind, batch, image_size, device)
     step = train_step_fn(model, images, targets)
     step()  # the first step allocates the gradients and momentum buffers
     if device.type == "cuda":
@@ -105,12 +141,21 @@ def step_memory_mib(name: str, image_size: int, batch: int, device: str, threads
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    args, device = model_benchmark_args(__doc__.splitlines()[0], 5, "smoke run: 128 px, no warm-up, 1 repeat, no memory", argv)
+    def add_data(parser) -> None:
+        parser.add_argument("--data", choices=DATA, default="random",
+                            help="random images and boxes (default), or the generated training split")
+        parser.add_argument("--sizing", choices=("book", "coco"), default="book",
+                            help="training proposal counts and RoIs per image: the book's defaults (600/300/128) "
+                                 "or COCO's (2000/2000/512), for both models")
+
+    args, device = model_benchmark_args(__doc__.splitlines()[0], 5, "smoke run: 128 px, no warm-up, 1 repeat, no memory",
+                                        argv, add_data)
     size, warmup, repeats = (128, 0, 1) if args.quick else (args.size, 2, args.repeats)
-    models = build_models(size, device)
-    images, targets = make_batch(args.batch, size, device)
-    print(f"Mask R-CNN (tiny ResNet + FPN P2-P6, {NUM_CLASSES} classes), {args.batch} x {size}px, "
-          f"device {device}, {torch.get_num_threads()} threads, best of {repeats}")
+    models = build_models(size, device, args.sizing)
+    images, targets = batch_of(args.data, args.batch, size, device)
+    print(f"Mask R-CNN (tiny ResNet + FPN P2-P6, {NUM_CLASSES} classes), {args.batch} x {size}px"
+          + (" generated images" if args.data == "generated" else "")
+          + f", {args.sizing} sizing, device {device}, {torch.get_num_threads()} threads, best of {repeats}")
     rows = {
         "train step": best_times({n: train_step_fn(m, images, targets) for n, m in models.items()}, repeats, device, warmup),
         "inference": best_times({n: infer_fn(m, images) for n, m in models.items()}, repeats, device, warmup),
@@ -124,7 +169,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if not args.quick:
         # A fresh process per model, so one model's freed-but-kept heap does not hide the other's growth.
         with multiprocessing.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
-            mib = {n: pool.apply(step_memory_mib, (n, size, args.batch, str(device), args.threads)) for n in models}
+            mib = {n: pool.apply(step_memory_mib, (n, size, args.batch, str(device), args.threads, args.data, args.sizing))
+                   for n in models}
         what = "max_memory_allocated" if device.type == "cuda" else "resident set growth"
         print(f"{'peak MiB':<14}{mib['fpnbook']:>15.0f}{mib['torchvision']:>19.0f}"
               f"{mib['torchvision'] / max(mib['fpnbook'], 1e-9):>8.2f}  ({what} over a training step; ratio theirs/ours)")

@@ -20,10 +20,14 @@
 # 1. **Assemble** Mask R-CNN by hand from the chapters' modules, and check that
 #    `fpnbook.models.build` makes the same thing; then RetinaNet and Mask^X R-CNN.
 # 2. **Train** a tiny model live for a few steps with `fpnbook.train.train`.
-# 3. **The shipped checkpoints** in `checkpoints/`: learning curves, COCO AP by object
-#    size, predictions on validation images and on a photograph, and where they fail.
-# 4. **Your own data**: COCO format, converting labelme files, the command line.
-# 5. **fpnbook against torchvision**: the same Mask R-CNN, weights, data and schedule.
+# 3. **A recipe that learns in minutes**: where a training step's time goes, which
+#    optimiser and bookkeeping sizes buy the most AP per CPU-minute, and AP against
+#    minutes of training for the old recipe and the new one.
+# 4. **The shipped checkpoints** in `checkpoints/`: learning curves, COCO AP by object
+#    size, predictions on validation images and on a photograph, Mask^X R-CNN's masks
+#    for classes that never had masks, and where the models fail.
+# 5. **Your own data**: COCO format, converting labelme files, the command line.
+# 6. **fpnbook against torchvision**: the same Mask R-CNN, weights, data and schedule.
 
 # %%
 # %matplotlib inline
@@ -37,6 +41,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 from PIL import Image
+from pycocotools.coco import COCO
 from skimage import data as skdata
 
 import fpnbook
@@ -135,10 +140,13 @@ print(models.ModelConfig(kind="mask_x_rcnn", mask_classes=data.SPLIT_A).to_dict(
 # %% [markdown]
 # ## 2. Training, live and tiny (`fpnbook.train`)
 #
-# `fpnbook.train.train` is the loop behind `python -m fpnbook train`: SGD with momentum,
-# linear warm-up then step decay, gradient clipping, JSONL metrics and atomic
-# checkpoints (mixed precision on CUDA). Here it overfits one batch of two small
-# generated images for a few steps, seeded: the loss must go down.
+# `fpnbook.train.train` is the loop behind `python -m fpnbook train`. By default it runs
+# the book's from-scratch recipe (next section): AdamW, linear warm-up then a cosine
+# decay, no weight decay on norm layers and biases, gradient clipping, and an
+# exponential moving average (EMA) of the weights, which is what it evaluates and
+# exports. It writes JSONL metrics and atomic checkpoints, resumes exactly, and adds
+# mixed precision on CUDA. Here it overfits one batch of two small generated images for
+# a few steps, seeded: the loss must go down.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -146,15 +154,112 @@ tiny_images, tiny_ann = data.ensure_split("train", 2, 64, seed=0, progress=False
 tiny_set = data.CocoDataset(tiny_images, tiny_ann)
 torch.manual_seed(0)
 tiny_model = models.build(models.ModelConfig(kind="mask_rcnn", num_classes=NUM_CLASSES))
-config = train.TrainConfig(iterations=6, batch_size=2, lr=0.01, warmup_iters=1, log_every=1,
-                           device="cpu", progress=False)
+config = train.TrainConfig(iterations=6, batch_size=2, warmup_iters=1, log_every=1, device="cpu", progress=False)
 records = train.train(tiny_model, tiny_set, config)
 losses = [r["loss"] for r in records]
 print("loss per step:", [round(x, 2) for x in losses])
 assert all(np.isfinite(losses)) and np.mean(losses[-2:]) < np.mean(losses[:2])
 
 # %% [markdown]
-# ## 3. The shipped checkpoints (`checkpoints/`, `fpnbook.cli`)
+# ## 3. A recipe that learns in minutes (`fpnbook.train`, `experiments/recipe.py`)
+#
+# The papers train for a day on eight GPUs, from an ImageNet-pretrained backbone. We
+# have a laptop CPU and a backbone that starts from random weights, so what matters is
+# how much AP each minute of training buys. Two things decide it: how long a step
+# takes, and how much a step teaches.
+#
+# **How long a step takes.** Detectron's bookkeeping is sized for 800 px COCO images
+# with dozens of objects: 2000 proposals per pyramid level before NMS, 2000 per image
+# after it, and 512 sampled RoIs per image for the heads. Our images are 256 px with 5
+# to 9 objects. `benchmarks/profile_step.py` splits a real training step into its
+# stages with `torch.profiler`; the committed profile, made with the new defaults (600
+# and 300 proposals, 128 RoIs), shows where the time now goes (each stage's share of the
+# step, nested stages included). Convolutions, forward and backward, are most of it,
+# which is where a step's time belongs.
+
+# %%
+profile = json.loads((ROOT / "benchmarks" / "results" / "profile_step.json").read_text())
+print(f"{profile['batch']} images of {profile['image_size']} px, {profile['threads']} thread, {profile['device']}")
+for kind, run in profile["models"].items():
+    stages = {row["name"]: row for row in run["stages"]}
+    print(f"\n{kind}: {run['step_ms']:.0f} ms per step; convolutions {run['convolution_share']:.0%} of it")
+    for row in run["stages"]:
+        if row["depth"] >= 1 and row["total_ms"] / stages["step"]["total_ms"] >= 0.02:
+            print(f"  {'  ' * (row['depth'] - 1)}{row['name']:<{24 - 2 * row['depth']}}"
+                  f"{row['total_ms'] / stages['step']['total_ms']:6.1%}")
+assert profile["models"]["mask_rcnn"]["convolution_share"] > 0.5
+
+# %% [markdown]
+# **How much a step teaches.** `experiments/recipe.py` trains the same Mask R-CNN from
+# the same initial weights on the same data for the same number of steps, changing one
+# thing at a time, and scores each variant on a *decision split*: 256 freshly generated
+# images of a seed used nowhere else, so that the 48 validation images of this chapter
+# never choose anything. `old` is the first edition's recipe: SGD with momentum, lr
+# 0.02, weight decay on every parameter, step decay, COCO's counts. `new` is AdamW (lr
+# 10⁻³, weight decay 0.05 on weights only), warm-up then cosine, an EMA of the weights,
+# and counts sized for our images. AP per minute divides the box AP by the training
+# minutes it took.
+
+# %%
+recipe = json.loads((ROOT / "experiments" / "results" / "recipe.json").read_text())["metrics"]
+split = recipe["decision_split"]
+print(f"decision split: {split['images']} generated images, seed {split['seed']}; "
+      f"{recipe['runs'][0]['iterations']} steps of 4 images per run")
+print(f"{'variant':<16}{'seeds':>7}{'box AP':>8}{'mask AP':>9}{'s/step':>8}{'box AP/min':>12}")
+for name, row in recipe["summary"].items():
+    per_minute = row["bbox_AP"] / (row["seconds_per_step"] * recipe["runs"][0]["iterations"] / 60)
+    print(f"{name:<16}{len(row['seeds']):>7}{row['bbox_AP']:8.3f}{row['segm_AP']:9.3f}"
+          f"{row['seconds_per_step']:8.2f}{per_minute:12.4f}")
+old_row, new_row = recipe["summary"]["old"], recipe["summary"]["new"]
+assert new_row["bbox_AP"] > old_row["bbox_AP"] and new_row["seconds_per_step"] < old_row["seconds_per_step"]
+
+# %% [markdown]
+# **AP against minutes.** The shipped Mask R-CNN of the book's first edition was trained
+# with the old recipe; this edition's with the new one. Both were trained with one
+# torch thread on a 2-core machine shared with another training run, and each logged its
+# training time (evaluations excluded), so their box AP on the validation split can be
+# drawn against minutes of training. `benchmarks/time_to_ap.py` makes the same
+# comparison side by side in one run, with torchvision's reference recipe as a third line.
+
+# %%
+def training_minutes(records: list[dict], batch_size: int = 4) -> dict[int, float]:
+    """Minutes of training at each logged step: the logged ``train_seconds``, or summed from images/s."""
+    minutes, total, last_step = {}, 0.0, 0
+    for r in records:
+        if "loss" not in r:
+            continue
+        total = r["train_seconds"] if "train_seconds" in r else total + (r["step"] - last_step) * batch_size / r["images_per_s"]
+        minutes[r["step"]], last_step = total / 60, r["step"]
+    return minutes
+
+
+def ap_by_minute(path: Path) -> list[tuple[float, float]]:
+    records = train.read_metrics(path)
+    minutes = training_minutes(records)
+    return [(minutes[r["step"]], r["eval"]["bbox"]["AP"]) for r in records if "eval" in r]
+
+
+curves = {"first edition (SGD, step decay, 2000/2000/512)":
+              ap_by_minute(ROOT / "benchmarks" / "results" / "mask_rcnn_first_edition.metrics.jsonl"),
+          "this edition (AdamW, cosine, EMA, 600/300/128)": ap_by_minute(CHECKPOINTS / "mask_rcnn.metrics.jsonl")}
+figure = Figure(figsize=(6, 3.2), dpi=80, layout="constrained")
+ax = figure.subplots()
+for label, curve in curves.items():
+    ax.plot(*zip(*curve), marker="o", label=label)
+old_final = curves["first edition (SGD, step decay, 2000/2000/512)"][-1]
+ax.axhline(old_final[1], color="grey", lw=0.8, ls="--")
+ax.set_xlabel("minutes of training (1 thread)")
+ax.set_ylabel("box AP, validation split")
+ax.legend(fontsize=8)
+new_curve = curves["this edition (AdamW, cosine, EMA, 600/300/128)"]
+first_past = next(minute for minute, ap in new_curve if ap >= old_final[1])
+print(f"first edition: box AP {old_final[1]:.3f} after {old_final[0]:.0f} min; this edition passed it "
+      f"by its first evaluation past it, {first_past:.0f} min ({old_final[0] / first_past:.1f}x sooner), "
+      f"and ended at {new_curve[-1][1]:.3f} after {new_curve[-1][0]:.0f} min")
+figure
+
+# %% [markdown]
+# ## 4. The shipped checkpoints (`checkpoints/`, `fpnbook.cli`)
 #
 # `checkpoints/` holds three small models trained with the command line, each with a
 # card (`checkpoints/NAME.md`, and all of them in `checkpoints/cards.json`): the exact
@@ -200,17 +305,19 @@ figure
 # ### COCO AP on the validation split, by object size
 #
 # AP is averaged over IoU 0.5:0.95; APs, APm and APl are small (< 32² px), medium and
-# large (> 96² px) objects. The table is read from the cards; below it, one checkpoint
-# is evaluated afresh to show the card tells the truth (all three are checked by the tests).
+# large (> 96² px) objects. The table is read from the cards: AP on the committed
+# validation split, and (last column) on a fresh split of 256 generated images that no
+# run or experiment ever used. Below it, one checkpoint is evaluated afresh to show the
+# card tells the truth (all three are checked by the tests).
 
 # %%
 keys = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-print(f"{'model':<13}{'type':<6}" + "".join(f"{k:>7}" for k in keys) + "   target AP (issue 8)")
+print(f"{'model':<13}{'type':<6}" + "".join(f"{k:>7}" for k in keys) + "  fresh AP  target")
 for name, card in cards.items():
     for iou_type, stats in card["val"].items():
         target = card["targets"].get(iou_type)
         print(f"{name:<13}{iou_type:<6}" + "".join(f"{stats[k]:7.3f}" for k in keys)
-              + (f"   {target:.2f}" if target else ""))
+              + f"{card['fresh'][iou_type]['AP']:10.3f}" + (f"{target:8.2f}" if target else ""))
 
 # %%
 mask_rcnn, state = cli.load_model(CHECKPOINTS / "mask_rcnn.pt")
@@ -224,29 +331,32 @@ print("matches checkpoints/cards.json within 0.005")
 # %% [markdown]
 # ### Predictions on validation images
 #
-# Ground truth on the left; on the right the checkpoint's five best detections, whatever
-# their score (masks cut at probability 0.5). The printed best scores show how far a
-# briefly trained classifier still is from confident.
+# Each pair: the ground truth, then the checkpoint's detections with score ≥ 0.5, with
+# class names and scores (masks cut at probability 0.5).
 
 # %%
-def top(output: dict, k: int = 5) -> dict:
-    """The k highest-scoring detections of one output (outputs come sorted by score)."""
-    order = output["scores"].argsort(descending=True)[:k]
-    return {key: value[order] for key, value in output.items()}
+SCORE = 0.5
+names = val_set.class_names
+
+
+def pairs(model_outputs: list[dict], indices: list[int], label: str) -> tuple[list, list]:
+    """Ground truth beside detections (score >= SCORE) for validation images ``indices``."""
+    pictures, titles = [], []
+    for i in indices:
+        image, target = val_set[i]
+        kept = int((model_outputs[i]["scores"] >= SCORE).sum())
+        pictures += [viz.draw_detections(image, target, class_names=names),
+                     viz.draw_detections(image, model_outputs[i], class_names=names, score_threshold=SCORE)]
+        titles += [f"val {i}: ground truth ({len(target['labels'])})", f"{label}: {kept} with score ≥ {SCORE}"]
+    return pictures, titles
 
 
 def best_score(output: dict) -> float:
     return float(output["scores"].max()) if len(output["scores"]) else 0.0
 
 
-shown = [1, 5, 9]
-pictures, titles = [], []
-for i in shown:
-    image, target = val_set[i]
-    pictures += [viz.draw_detections(image, target), viz.draw_detections(image, top(outputs[i]), score_threshold=0)]
-    titles += [f"val {i}: truth", f"best score {best_score(outputs[i]):.2f}"]
 print("best score per validation image: median", round(float(np.median([best_score(o) for o in outputs])), 2))
-viz.show_grid(pictures, ncols=6, titles=titles, figsize=(9, 1.9))
+viz.show_grid(*pairs(outputs, [1, 5, 9, 13], "mask_rcnn"), ncols=4, figsize=(13, 7))
 
 # %% [markdown]
 # ### A photograph
@@ -263,9 +373,43 @@ photo[covered] = pixels[covered]
 photo_tensor = torch.from_numpy(photo).permute(2, 0, 1).float() / 255
 with torch.no_grad():
     photo_output = mask_rcnn([photo_tensor])[0]
-print(f"{len(category_ids)} shapes pasted; best score {best_score(photo_output):.2f}")
-viz.show_grid([photo_tensor, viz.draw_detections(photo_tensor, top(photo_output), score_threshold=0)],
-              ncols=2, titles=["pasted shapes", "mask_rcnn, 5 best"], figsize=(5, 2.7))
+found = int((photo_output["scores"] >= SCORE).sum())
+print(f"{len(category_ids)} shapes pasted ({', '.join(names[c] for c in category_ids)}); "
+      f"{found} detections with score ≥ {SCORE}")
+viz.show_grid([photo_tensor, viz.draw_detections(photo_tensor, photo_output, class_names=names, score_threshold=SCORE)],
+              ncols=2, titles=["pasted shapes", f"mask_rcnn, score ≥ {SCORE}"], figsize=(10, 5.4))
+
+# %% [markdown]
+# ### Masks for classes that never had one (Mask^X R-CNN, chapter 4)
+#
+# `mask_x_rcnn.pt` was trained with boxes for all eight classes but masks for only four
+# (`data.SPLIT_A`); the masks of the other four (`data.SPLIT_B`) come from weights that
+# its transfer function predicts from their box weights. Mask AP on each half of the
+# classes, then its detections of the never-masked classes only.
+
+# %%
+mask_x, _ = cli.load_model(CHECKPOINTS / "mask_x_rcnn.pt")
+x_outputs = train.predict(mask_x, val_set, device="cpu")
+
+
+def mask_ap_on(classes: tuple[int, ...]) -> float:
+    """Mask AP on the validation split, counting only the objects and detections of ``classes``."""
+    keep = [{k: v[torch.isin(o["labels"], torch.tensor(classes))] for k, v in o.items()} for o in x_outputs]
+    gt = val_set.coco
+    subset = COCO()
+    subset.dataset = {**gt.dataset, "annotations": [a for a in gt.dataset["annotations"]
+                                                    if val_set.cat_id_to_label[a["category_id"]] in classes]}
+    subset.createIndex()
+    with contextlib.redirect_stdout(io.StringIO()):
+        return coco_evaluate(subset, to_coco_results(keep, val_set.image_ids, val_set.label_to_cat_id),
+                             iou_types=("segm",))["segm"]["AP"]
+
+
+print(f"mask AP, classes with masks {[names[c] for c in data.SPLIT_A]}: {mask_ap_on(data.SPLIT_A):.3f}")
+print(f"mask AP, classes without   {[names[c] for c in data.SPLIT_B]}: {mask_ap_on(data.SPLIT_B):.3f}")
+unseen = [{k: v[torch.isin(o["labels"], torch.tensor(data.SPLIT_B))] for k, v in o.items()} for o in x_outputs]
+with_unseen = [i for i in range(len(val_set)) if torch.isin(val_set[i][1]["labels"], torch.tensor(data.SPLIT_B)).any()]
+viz.show_grid(*pairs(unseen, with_unseen[:2], "mask_x, never-masked classes"), ncols=4, figsize=(13, 3.6))
 
 # %% [markdown]
 # ### Where it fails
@@ -301,16 +445,12 @@ for label, low, high in [("small (< 32 px)", 0, 32), ("medium", 32, 96), ("large
     recalls.append(found[inside].float().mean().item())
     print(f"{label:<17}{int(inside.sum()):>4} objects, recall {recalls[-1]:.2f}")
 assert recalls == sorted(recalls)  # the smaller the object, the more often it is missed
-worst = sorted(range(len(outputs)), key=lambda i: (-missed_per_image[i], i))[:3]
-pictures = []
-for i in worst:
-    image, target = val_set[i]
-    pictures += [viz.draw_detections(image, target), viz.draw_detections(image, top(outputs[i]), score_threshold=0)]
-viz.show_grid(pictures, ncols=6, figsize=(9, 1.9),
-              titles=[t for i in worst for t in (f"val {i}: truth", f"{missed_per_image[i]} missed")])
+worst = sorted(range(len(outputs)), key=lambda i: (-missed_per_image[i], i))[:2]
+print("most missed objects:", {f"val {i}": missed_per_image[i] for i in worst})
+viz.show_grid(*pairs(outputs, worst, "mask_rcnn"), ncols=4, figsize=(13, 3.6))
 
 # %% [markdown]
-# ## 4. Your own data (`fpnbook.labelme`, `python -m fpnbook`)
+# ## 5. Your own data (`fpnbook.labelme`, `python -m fpnbook`)
 #
 # Anything in COCO format trains: an images folder and one JSON with `images`,
 # `categories` (ids become labels 1..K in id order) and `annotations` (`bbox` as
@@ -346,15 +486,19 @@ viz.show_grid([viz.draw_detections(*own_set[i], class_names=own_set.class_names)
 # ```
 # python -m fpnbook train --model mask_rcnn --num-classes 2 --out runs/mine \
 #     --train-ann coco.json --train-images DIR --val-ann val.json --val-images VALDIR \
-#     --iterations 3000 --batch-size 4 --lr 0.02
+#     --iterations 3000 --eval-every 1000
 # python -m fpnbook eval --checkpoint runs/mine/last.pt --ann val.json --images VALDIR
 # python -m fpnbook predict --checkpoint runs/mine/last.pt --images NEW_PHOTOS --out preds
 # ```
 #
-# `--resume runs/mine/last.pt` continues a stopped run exactly where it stopped.
+# The recipe of section 3 is the default (`--optimizer adamw --schedule cosine
+# --ema-decay 0.999 --rpn-pre-nms-top-n 600 --rpn-post-nms-top-n 300 --rois-per-image 128`);
+# for images near COCO's 800 px with many objects per image, raise the three counts
+# towards torchvision's 2000 / 2000 / 512. `--resume runs/mine/last.pt` continues a
+# stopped run exactly where it stopped, EMA and schedule included.
 
 # %% [markdown]
-# ## 5. fpnbook against torchvision, same model and schedule (`experiments/torchvision_compare.py`)
+# ## 6. fpnbook against torchvision, same model and schedule (`experiments/torchvision_compare.py`)
 #
 # `experiments/torchvision_compare.py` builds torchvision's `MaskRCNN` around a copy of
 # our backbone, copies every head weight, sets its anchors, proposal counts, RoI batch

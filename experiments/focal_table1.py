@@ -37,7 +37,7 @@ from fpnbook import data
 from fpnbook.images import batch_images
 from fpnbook.matching import BETWEEN_THRESHOLDS
 from fpnbook.retinanet import RetinaNet, retinanet_tiny
-from fpnbook.train import TrainConfig, evaluate_model, train
+from fpnbook.train import DETECTRON_RECIPE, TrainConfig, evaluate_model, train
 
 NAME = "focal_table1"
 SCORES_NAME = "focal_table1_scores.json"
@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> dict:
         torch.manual_seed(args.seed)  # the same initial weights for every variant
         model = build_model(variant, train_set.num_classes)
         start, cpu_start = time.perf_counter(), time.process_time()
-        records = train(model, train_set, TrainConfig(**config))
+        records = train(model, train_set, TrainConfig(**config, **DETECTRON_RECIPE))
         train_s, train_cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
         stats = evaluate_model(model, val, device="cpu")["bbox"]
         gamma, alpha = model.focal_params()

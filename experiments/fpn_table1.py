@@ -24,7 +24,7 @@ from experiments import common
 from fpnbook import backbone, data
 from fpnbook.evaluate import coco_evaluate, to_coco_results
 from fpnbook.rpn import RPNModel
-from fpnbook.train import TrainConfig, predict, train
+from fpnbook.train import DETECTRON_RECIPE, TrainConfig, predict, train
 
 NAME = "fpn_table1"
 VARIANTS = ("c4", "c5", "fpn")
@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> dict:
         torch.manual_seed(args.seed)  # the same initial backbone for every variant
         model = build_model(features, args.backbone)
         start, cpu_start = time.perf_counter(), time.process_time()
-        records = train(model, train_set, TrainConfig(**config))
+        records = train(model, train_set, TrainConfig(**config, **DETECTRON_RECIPE))
         train_s, train_cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
         metrics[features] = {**average_recall(model, val, num_val), "train_s": round(train_s, 1),
                              "train_cpu_s": round(train_cpu_s, 1),

@@ -69,7 +69,7 @@ from fpnbook.images import batch_images
 from fpnbook.matching import BalancedSampler
 from fpnbook.roi_heads import fast_rcnn_loss, mask_loss, paste_masks_in_image, project_masks_on_boxes
 from fpnbook.rpn import ASPECT_RATIOS, SMALL_ANCHOR_SIZES, RegionProposalNetwork, RPNHead
-from fpnbook.train import TrainConfig, batch_indices, learning_rate_factor, train
+from fpnbook.train import DETECTRON_RECIPE, TrainConfig, batch_indices, learning_rate_factor, train
 
 NAME = "lse_table1"
 NUM_CLASSES = len(data.SHAPE_CLASSES) + 1  # labels equal category ids 1..8; 0 is the background
@@ -223,7 +223,8 @@ def train_heads(model: nn.Module, pooled: list[dict], targets: list[dict], joint
     heads = model.roi_heads
     trained = [heads.mask_head, heads.mask_predictor] + ([heads.box_head, heads.box_predictor] if joint else [])
     params = list({id(p): p for m in trained for p in m.parameters()}.values())
-    config = TrainConfig(iterations=args.iterations, lr=args.lr, warmup_iters=min(50, args.iterations // 4))
+    config = TrainConfig(iterations=args.iterations, lr=args.lr, warmup_iters=min(50, args.iterations // 4),
+                         **DETECTRON_RECIPE)
     optimizer = torch.optim.SGD(params, lr=args.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate_factor(s, config))
     agnostic = heads.class_agnostic_mask
@@ -381,7 +382,7 @@ def run(args: argparse.Namespace) -> dict:
     config = dict(iterations=args.detector_iterations, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                   warmup_iters=min(100, args.detector_iterations // 5), device="cpu", progress=False,
                   log_every=max(1, args.detector_iterations // 10))
-    records = train(det, data.CocoDataset(*train_split), TrainConfig(**config))
+    records = train(det, data.CocoDataset(*train_split), TrainConfig(**config, **DETECTRON_RECIPE))
     stage1 = {k: v.detach().clone() for k, v in det.state_dict().items()}
     timings = {"stage1_s": round(time.perf_counter() - start, 1)}
     print(f"stage 1: {timings['stage1_s']} s, loss {records[-1]['loss']:.3f}", flush=True)

@@ -43,10 +43,10 @@ from torchvision.transforms import v2
 from experiments import common
 from fpnbook import data
 from fpnbook.images import IMAGENET_MEAN, IMAGENET_STD
-from fpnbook.models import ModelConfig, build
+from fpnbook.models import COCO_SIZING, ModelConfig, build
 from fpnbook.rcnn import MaskRCNN
 from fpnbook.timing import best_times
-from fpnbook.train import TrainConfig, evaluate_model, load_checkpoint, read_metrics, train
+from fpnbook.train import DETECTRON_RECIPE, TrainConfig, evaluate_model, load_checkpoint, read_metrics, train
 
 NAME = "torchvision_compare"
 SCHEDULE = ("iterations", "batch_size", "lr", "warmup_iters", "seed")
@@ -156,10 +156,11 @@ def run(args: argparse.Namespace) -> dict:
     train_set = data.CocoDataset(images_dir, ann, transforms=v2.RandomHorizontalFlip(0.5))
     val_set = data.CocoDataset(images_dir, ann) if args.smoke else data.CocoDataset(*data.val_paths())
     config = TrainConfig(iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                         warmup_iters=min(args.warmup, args.iterations), device="auto", log_every=5, progress=False)
+                         warmup_iters=min(args.warmup, args.iterations), device="auto", log_every=5, progress=False,
+                         **DETECTRON_RECIPE)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(args.seed)  # as `fpnbook train` does, so the initial weights equal its run's
-    ours = build(ModelConfig(kind="mask_rcnn", num_classes=train_set.num_classes))
+    ours = build(ModelConfig(kind="mask_rcnn", num_classes=train_set.num_classes, **COCO_SIZING))
     theirs = torchvision_mask_rcnn(ours, args.image_size)
     results, seconds, curves = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:

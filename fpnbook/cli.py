@@ -103,7 +103,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         device = args.device
     mask_classes = tuple(int(c) for c in args.mask_classes.split(",")) if args.mask_classes else None
     model_config = ModelConfig(kind=args.model, num_classes=args.num_classes, backbone=args.backbone,
-                               fpn_channels=args.fpn_channels, mask_classes=mask_classes)
+                               fpn_channels=args.fpn_channels, mask_classes=mask_classes,
+                               rpn_pre_nms_top_n_train=args.rpn_pre_nms_top_n,
+                               rpn_post_nms_top_n_train=args.rpn_post_nms_top_n,
+                               box_batch_size_per_image=args.rois_per_image)
     flip = v2.RandomHorizontalFlip(0.5)
     if args.train_ann is None and args.train_images is None:
         args.train_images, args.train_ann = ensure_split("train", args.synthetic, image_size=args.size,
@@ -115,8 +118,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     val_set = open_dataset(args.val_ann, args.val_images)
     torch.manual_seed(args.seed)
     model = build(model_config)
-    config = TrainConfig(iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                         warmup_iters=min(args.warmup, args.iterations), device=device, num_workers=args.workers,
+    config = TrainConfig(iterations=args.iterations, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
+                         weight_decay=args.weight_decay, decay_norm_and_bias=args.decay_norm_and_bias,
+                         schedule=args.schedule, seed=args.seed,
+                         ema_decay=args.ema_decay or None, warmup_iters=min(args.warmup, args.iterations), device=device, num_workers=args.workers,
                          eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, out_dir=str(args.out),
                          log_every=args.log_every)
     start = time.perf_counter()
@@ -230,6 +235,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .models import BACKBONES, KINDS
+    from .train import OPTIMIZERS, SCHEDULES
 
     parser = argparse.ArgumentParser(prog="fpnbook", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -260,8 +266,23 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--data-seed", type=int, default=0, help="seed of the generated split")
     tr.add_argument("--iterations", type=int, default=3000)
     tr.add_argument("--batch-size", type=int, default=4, help="images per step per process")
-    tr.add_argument("--lr", type=float, default=0.02)
+    tr.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
+    tr.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 1e-3 for adamw, 0.02 for sgd)")
+    tr.add_argument("--weight-decay", type=float, default=None, help="on weights, not norms or biases "
+                    "(default: 0.05 for adamw, 1e-4 for sgd)")
+    tr.add_argument("--decay-norm-and-bias", action="store_true", help="weight-decay norm layers and biases too "
+                    "(the first edition's recipe did)")
+    tr.add_argument("--schedule", choices=SCHEDULES, default="cosine", help="after warmup: cosine to 0, "
+                    "or step (x0.1 at 2/3 and 8/9 of the iterations)")
+    tr.add_argument("--ema-decay", type=float, default=0.999, help="evaluate and export an EMA of the weights "
+                    "with this decay (0: no EMA)")
     tr.add_argument("--warmup", type=int, default=200)
+    tr.add_argument("--rpn-pre-nms-top-n", type=int, default=600, help="two-stage models, training: proposals "
+                    "kept per level before NMS")
+    tr.add_argument("--rpn-post-nms-top-n", type=int, default=300, help="two-stage models, training: proposals "
+                    "kept per image after NMS")
+    tr.add_argument("--rois-per-image", type=int, default=128, help="two-stage models: RoIs sampled per image "
+                    "for the box and mask heads")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     tr.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")

@@ -31,6 +31,8 @@ from collections.abc import Mapping, Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .timing import stage
+
 
 def level_of(name: str) -> int | None:
     """The pyramid level ``k`` of a map named ``"ck"`` or ``"pk"`` (stride ``2**k``), else None."""
@@ -242,8 +244,10 @@ class BackboneWithFPN(nn.Module):
         self.out_channels = fpn.out_channels
 
     def forward(self, images: Tensor) -> OrderedDict[str, Tensor]:
-        features = self.backbone(images)
-        return self.fpn(OrderedDict((n, features[n]) for n in self.in_names))
+        with stage("backbone"):
+            features = self.backbone(images)
+        with stage("fpn"):
+            return self.fpn(OrderedDict((n, features[n]) for n in self.in_names))
 
 
 def torchvision_key(key: str) -> str:

@@ -34,12 +34,23 @@ from .retinanet import RetinaNet
 from .weight_transfer import to_mask_x
 
 KINDS = ("retinanet", "faster_rcnn", "mask_rcnn", "mask_x_rcnn")
+# torchvision's (and Detectron's) training counts for 800 px COCO images: ``ModelConfig(**COCO_SIZING)``.
+COCO_SIZING = dict(rpn_pre_nms_top_n_train=2000, rpn_post_nms_top_n_train=2000, box_batch_size_per_image=512)
 BACKBONES = ("tiny", "small", "resnet18", "resnet34", "resnet50")
 
 
 @dataclasses.dataclass
 class ModelConfig:
-    """What to build. ``mask_classes`` and ``transfer*`` are for ``mask_x_rcnn`` only."""
+    """What to build. ``mask_classes`` and ``transfer*`` are for ``mask_x_rcnn`` only.
+
+    The two-stage models (not RetinaNet) keep ``rpn_pre_nms_top_n_train`` proposals per
+    level before NMS and ``rpn_post_nms_top_n_train`` per image after it in training, and
+    sample ``box_batch_size_per_image`` RoIs per image (torchvision's argument names). The
+    defaults, 600 / 300 / 128, are sized for the book's ~256 px images with 5-9 objects:
+    COCO's 2000 / 2000 / 512 are for 800 px images with many more objects, and on 256 px
+    images they make a training step about twice as slow (measured in
+    ``benchmarks/profile_step.py``). Inference keeps 1000 / 1000, as torchvision does.
+    """
 
     kind: str = "mask_rcnn"
     num_classes: int = 8
@@ -50,13 +61,20 @@ class ModelConfig:
     transfer_inputs: str = "cls+box"
     transfer_kind: str = "mlp"
     transfer_mlp_branch: bool = True
+    rpn_pre_nms_top_n_train: int = 600
+    rpn_post_nms_top_n_train: int = 300
+    box_batch_size_per_image: int = 128
 
     def __post_init__(self) -> None:
+        for name in ("fpn_channels", "rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train", "box_batch_size_per_image"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"ModelConfig.{name} must be a positive int, got {value!r}")
         if self.kind not in KINDS:
             raise ValueError(f"ModelConfig.kind must be one of {KINDS}, got {self.kind!r}")
         if self.backbone not in BACKBONES:
             raise ValueError(f"ModelConfig.backbone must be one of {BACKBONES}, got {self.backbone!r}")
-        if not isinstance(self.num_classes, int) or self.num_classes < 1:
+        if not isinstance(self.num_classes, int) or isinstance(self.num_classes, bool) or self.num_classes < 1:
             raise ValueError(f"ModelConfig.num_classes must be a positive int (object classes), got {self.num_classes!r}")
         if self.kind == "mask_x_rcnn":
             if not self.mask_classes:
@@ -100,10 +118,13 @@ def build(config: ModelConfig) -> nn.Module:
         return RetinaNet(backbone, config.num_classes, head_norm="gn" if config.norm == "gn" else None)
     backbone = BackboneWithFPN(body, FPN(body.out_channels, channels, LastLevelMaxPool()))
     with_background = config.num_classes + 1
+    sizing = dict(rpn_pre_nms_top_n=dict(training=config.rpn_pre_nms_top_n_train, testing=1000),
+                  rpn_post_nms_top_n=dict(training=config.rpn_post_nms_top_n_train, testing=1000),
+                  box_batch_size_per_image=config.box_batch_size_per_image)
     if config.kind == "faster_rcnn":
-        return FasterRCNN(backbone, with_background)
+        return FasterRCNN(backbone, with_background, **sizing)
     if config.kind == "mask_rcnn":
-        return MaskRCNN(backbone, with_background)
-    model = MaskRCNN(backbone, with_background)
+        return MaskRCNN(backbone, with_background, **sizing)
+    model = MaskRCNN(backbone, with_background, **sizing)
     return to_mask_x(model, config.mask_classes, transfer=config.transfer_inputs, kind=config.transfer_kind,
                      class_agnostic_mlp=config.transfer_mlp_branch)

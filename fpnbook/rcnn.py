@@ -37,6 +37,7 @@ from .images import batch_images
 from .poolers import MultiScaleRoIAlign
 from .roi_heads import BoxPredictor, MaskHead, MaskPredictor, RoIHeads, TwoMLPHead, check_targets, paste_masks_in_image
 from .rpn import ASPECT_RATIOS, SMALL_ANCHOR_SIZES, RegionProposalNetwork, RPNHead
+from .timing import stage
 
 
 CANONICAL_SCALE = 112  # the paper's 224 for ~800 px images; see the module docstring
@@ -112,12 +113,16 @@ class FasterRCNN(nn.Module):
         if self.training and targets is None:
             raise ValueError("targets must be given in training mode (a list of dicts with 'boxes', 'labels'"
                              + (", 'masks')" if self.roi_heads.has_mask() else ")"))
-        batch, image_sizes = batch_images(images)
+        with stage("batch_images"):
+            batch, image_sizes = batch_images(images)
         if targets is not None:
-            check_targets(targets, image_sizes, masks=self.roi_heads.has_mask())
+            with stage("checks"):
+                check_targets(targets, image_sizes, masks=self.roi_heads.has_mask())
         features = self.backbone(batch)
-        proposals, rpn_losses = self.rpn(batch, image_sizes, features, targets if self.training else None)
-        detections, roi_losses = self.roi_heads(features, proposals, image_sizes, targets if self.training else None)
+        with stage("rpn"):
+            proposals, rpn_losses = self.rpn(batch, image_sizes, features, targets if self.training else None)
+        with stage("roi_heads"):
+            detections, roi_losses = self.roi_heads(features, proposals, image_sizes, targets if self.training else None)
         if self.training:
             return {**rpn_losses, **roi_losses}
         for detection, size in zip(detections, image_sizes):

@@ -36,6 +36,7 @@ from .fpn import FPN, BackboneWithFPN, LastLevelP6P7
 from .images import batch_images
 from .losses import prior_bias, sigmoid_focal_loss
 from .matching import BETWEEN_THRESHOLDS, Matcher
+from .timing import stage
 
 # Anchor base sizes on P3..P7 for the book's 256 px images. The paper puts 32..512 px
 # anchors (4x the stride) on 800 px images; our objects run from 8 px to ~190 px on
@@ -253,13 +254,18 @@ class RetinaNet(nn.Module):
         self, images: Sequence[Tensor], targets: Sequence[Mapping[str, Tensor]] | None = None
     ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
         if self.training:
-            self.check_targets(targets, len(images))
-        batch, image_sizes = batch_images(images)
+            with stage("checks"):
+                self.check_targets(targets, len(images))
+        with stage("batch_images"):
+            batch, image_sizes = batch_images(images)
         features = list(self.backbone(batch).values())
-        head_outputs = self.head(features)
-        anchors = self.anchor_generator.anchors_per_level(tuple(batch.shape[-2:]), features)
+        with stage("retinanet.head"):
+            head_outputs = self.head(features)
+        with stage("retinanet.anchors"):
+            anchors = self.anchor_generator.anchors_per_level(tuple(batch.shape[-2:]), features)
         if self.training:
-            return self.compute_loss(targets, head_outputs, torch.cat(anchors))
+            with stage("retinanet.loss"):
+                return self.compute_loss(targets, head_outputs, torch.cat(anchors))
         return self.postprocess(head_outputs, anchors, image_sizes)
 
     def check_targets(self, targets: Sequence[Mapping[str, Tensor]] | None, num_images: int) -> None:
@@ -300,8 +306,9 @@ class RetinaNet(nn.Module):
         ``anchors``: Tensor[N, 4] XYXY pixels. Returns scalar ``classification`` and ``bbox_regression``.
         """
         cls_logits, bbox_regression = head_outputs["cls_logits"], head_outputs["bbox_regression"]
-        matched = self.match(targets, anchors)  # [B, N]
-        gt_boxes, gt_labels = pad_targets(targets, anchors)  # [B, G, 4], [B, G]
+        with stage("retinanet.matching"):
+            matched = self.match(targets, anchors)  # [B, N]
+            gt_boxes, gt_labels = pad_targets(targets, anchors)  # [B, G, 4], [B, G]
         foreground = matched >= 0
         valid = matched != BETWEEN_THRESHOLDS
         num_foreground = foreground.sum(dim=1).clamp(min=1)  # [B]

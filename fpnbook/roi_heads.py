@@ -57,6 +57,7 @@ from torchvision.ops import batched_nms
 from .boxes import BoxCoder, box_iou, check_boxes, clip_boxes_to_image, remove_small_boxes
 from .matching import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, BalancedSampler, Matcher
 from .ops import roi_align
+from .timing import stage
 
 # Detections below this width or height (pixels) are dropped, as torchvision does.
 MIN_DETECTION_SIZE = 1e-2
@@ -369,13 +370,15 @@ class RoIHeads(nn.Module):
     ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
         if len(proposals) != len(image_sizes):
             raise ValueError(f"proposals must have one Tensor[P, 4] per image: {len(proposals)} for {len(image_sizes)}")
-        for i, p in enumerate(proposals):
-            check_boxes(p, f"proposals[{i}]")
+        with stage("checks"):
+            for i, p in enumerate(proposals):
+                check_boxes(p, f"proposals[{i}]")
         if not self.training:
             return self.detect(features, proposals, image_sizes), {}
         if targets is None:
             raise ValueError("targets must be given in training mode (a list of dicts with 'boxes', 'labels')")
-        check_targets(targets, image_sizes, masks=self.has_mask())
+        with stage("checks"):
+            check_targets(targets, image_sizes, masks=self.has_mask())
         return [], self.losses(features, proposals, image_sizes, targets)
 
     def losses(
@@ -386,15 +389,21 @@ class RoIHeads(nn.Module):
         targets: Sequence[Mapping[str, Tensor]],
     ) -> dict[str, Tensor]:
         """Sample RoIs and return ``{"loss_classifier", "loss_box_reg"[, "loss_mask"]}``."""
-        rois, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
-        class_logits, box_regression = self.box_predictor(self.box_head(self.box_roi_pool(features, rois, image_sizes)))
+        with stage("roi.sampling"):
+            rois, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
+        with stage("roi_align"):
+            box_features = self.box_roi_pool(features, rois, image_sizes)
+        with stage("box_head"):
+            class_logits, box_regression = self.box_predictor(self.box_head(box_features))
         num_classes = class_logits.shape[1]
-        for i, target in enumerate(targets):
-            if (target["labels"] >= num_classes).any():
-                raise ValueError(
-                    f"targets[{i}]['labels'] must be < num_classes={num_classes}, got {target['labels'].tolist()}"
-                )
-        loss_classifier, loss_box_reg = fast_rcnn_loss(class_logits, box_regression, labels, regression_targets)
+        with stage("checks"):
+            for i, target in enumerate(targets):
+                if (target["labels"] >= num_classes).any():
+                    raise ValueError(
+                        f"targets[{i}]['labels'] must be < num_classes={num_classes}, got {target['labels'].tolist()}"
+                    )
+        with stage("roi.loss"):
+            loss_classifier, loss_box_reg = fast_rcnn_loss(class_logits, box_regression, labels, regression_targets)
         losses = {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
         if self.has_mask():
             losses["loss_mask"] = self.mask_training_loss(features, rois, image_sizes, targets, matched_idxs, labels)
@@ -454,7 +463,10 @@ class RoIHeads(nn.Module):
 
     def mask_logits(self, features: Mapping[str, Tensor], boxes: Sequence[Tensor], image_sizes: Sequence[tuple[int, int]]) -> Tensor:
         """Mask logits Tensor[sum K_i, num_classes (or 1), M, M] for per-image boxes Tensor[K_i, 4]."""
-        logits = self.mask_predictor(self.mask_head(self.mask_roi_pool(features, list(boxes), image_sizes)))
+        with stage("roi_align"):
+            mask_features = self.mask_roi_pool(features, list(boxes), image_sizes)
+        with stage("mask_head"):
+            logits = self.mask_predictor(self.mask_head(mask_features))
         if self.class_agnostic_mask and logits.shape[1] != 1:
             raise ValueError(f"class_agnostic_mask needs a mask predictor with 1 channel, it gives {logits.shape[1]}")
         return logits
@@ -481,11 +493,13 @@ class RoIHeads(nn.Module):
             mask_targets.append((target["masks"], image_rois[keep], matched[keep]))
         logits = self.mask_logits(features, mask_rois, image_sizes)
         size = logits.shape[-1]
-        targets_cut = torch.cat([project_masks_on_boxes(m, b, i, size) for m, b, i in mask_targets])
+        with stage("mask_targets"):
+            targets_cut = torch.cat([project_masks_on_boxes(m, b, i, size) for m, b, i in mask_targets])
         channels = torch.cat(channels)
         if self.class_agnostic_mask:
             channels = torch.zeros_like(channels)
-        return mask_loss(logits, channels, targets_cut)
+        with stage("roi.loss"):
+            return mask_loss(logits, channels, targets_cut)
 
     def postprocess_detections(
         self,

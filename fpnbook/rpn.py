@@ -39,6 +39,7 @@ from .boxes import BoxCoder, box_iou, check_boxes, clip_boxes_to_image, remove_s
 from .fpn import FPN, LastLevelMaxPool
 from .images import batch_images
 from .matching import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, BalancedSampler, Matcher
+from .timing import stage
 
 # Anchor sizes for our ~256 px images: half the paper's 32..512 for ~800 px images.
 # One size per level P2..P6 (stride 4..64), i.e. 4x the stride where the paper has 8x,
@@ -176,9 +177,11 @@ class RegionProposalNetwork(nn.Module):
         if self.training and targets is None:
             raise ValueError("targets must be given in training mode (a list of dicts with 'boxes')")
         if targets is not None:
-            check_targets(targets, len(image_sizes))
+            with stage("checks"):
+                check_targets(targets, len(image_sizes))
         anchors, objectness, deltas, num_per_level = self.predict(images, image_sizes, features)
-        proposals = self.select_proposals(anchors, objectness.detach(), deltas.detach(), image_sizes, num_per_level)
+        with stage("rpn.proposals"):
+            proposals = self.select_proposals(anchors, objectness.detach(), deltas.detach(), image_sizes, num_per_level)
         losses = self.losses(anchors, objectness, deltas, targets) if self.training else {}
         return [p["boxes"] for p in proposals], losses
 
@@ -190,9 +193,12 @@ class RegionProposalNetwork(nn.Module):
         An RPN trained on its own (:class:`RPNModel`) calls this after :meth:`predict` and
         skips :meth:`select_proposals`, whose boxes only the RoI heads would use.
         """
-        check_targets(targets, objectness.shape[0])
-        labels, regression_targets = self.assign_targets(anchors, targets)
-        loss_objectness, loss_box = self.compute_loss(objectness, deltas, labels, regression_targets)
+        with stage("checks"):
+            check_targets(targets, objectness.shape[0])
+        with stage("rpn.targets"):
+            labels, regression_targets = self.assign_targets(anchors, targets)
+        with stage("rpn.loss"):
+            loss_objectness, loss_box = self.compute_loss(objectness, deltas, labels, regression_targets)
         return {"loss_objectness": loss_objectness, "loss_rpn_box_reg": loss_box}
 
     @torch.no_grad()
@@ -212,9 +218,12 @@ class RegionProposalNetwork(nn.Module):
         self, images: Tensor, image_sizes: Sequence[tuple[int, int]], features: Mapping[str, Tensor]
     ) -> tuple[Tensor, Tensor, Tensor, list[int]]:
         """Run the head: anchors Tensor[N, 4], objectness logits Tensor[B, N], deltas Tensor[B, N, 4], anchors per level."""
-        maps = check_inputs(images, image_sizes, features)
-        per_level = self.anchor_generator.anchors_per_level(tuple(images.shape[-2:]), maps)
-        objectness, deltas = self.head(maps)
+        with stage("checks"):
+            maps = check_inputs(images, image_sizes, features)
+        with stage("rpn.anchors"):
+            per_level = self.anchor_generator.anchors_per_level(tuple(images.shape[-2:]), maps)
+        with stage("rpn.head"):
+            objectness, deltas = self.head(maps)
         for i, (logits, level_anchors) in enumerate(zip(objectness, per_level)):
             if logits.shape[-3] * logits.shape[-2] * logits.shape[-1] != level_anchors.shape[0]:
                 raise ValueError(

@@ -102,3 +102,22 @@ def test_train_rejects_bad_config(tiny_data, tmp_path, capsys):
             "--train-images", str(tiny_data / "train")]
     assert main(argv) == 2
     assert "iterations" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--optimizer", "adam"], "invalid choice"),
+    (["--ema-decay", "1.5"], "TrainConfig.ema_decay"),
+    (["--rpn-pre-nms-top-n", "0"], "ModelConfig.rpn_pre_nms_top_n_train"),
+    (["--rpn-post-nms-top-n", "-3"], "ModelConfig.rpn_post_nms_top_n_train"),
+    (["--rois-per-image", "0"], "ModelConfig.box_batch_size_per_image"),
+    (["--lr", "-1"], "TrainConfig.lr"),
+])
+def test_train_rejects_bad_recipe_options(tiny_data, tmp_path, capsys, flags, message):
+    argv = ["train", "--out", str(tmp_path), "--train-ann", str(tiny_data / "train.json"),
+            "--train-images", str(tiny_data / "train"), *flags]
+    if message == "invalid choice":
+        with pytest.raises(SystemExit):
+            main(argv)
+    else:
+        assert main(argv) == 2
+    assert message in capsys.readouterr().err

@@ -51,7 +51,7 @@ def config(tmp_path, **kw):
 
 
 def test_learning_rate_schedule():
-    c = T.TrainConfig(iterations=90, warmup_iters=10, warmup_factor=0.1, milestones=(60, 80))
+    c = T.TrainConfig(iterations=90, schedule="step", warmup_iters=10, warmup_factor=0.1, milestones=(60, 80))
     assert T.learning_rate_factor(0, c) == pytest.approx(0.1)
     assert T.learning_rate_factor(5, c) == pytest.approx(0.55)
     assert T.learning_rate_factor(10, c) == 1.0
@@ -84,21 +84,28 @@ def test_training_reduces_loss_and_logs(tmp_path):
     assert (tmp_path / "last.pt").is_file()
 
 
-def test_resume_reaches_the_same_weights(tmp_path):
+@pytest.mark.parametrize("recipe", [{}, dict(optimizer="sgd", schedule="step", ema_decay=None)],
+                         ids=["adamw-cosine-ema", "sgd-step"])
+def test_resume_reaches_the_same_weights(tmp_path, recipe):
     torch.manual_seed(0)
     straight = ToyDetector()
-    T.train(straight, ToyDataset(), config(tmp_path / "a"))
+    T.train(straight, ToyDataset(), config(tmp_path / "a", **recipe))
 
     torch.manual_seed(0)
     interrupted = ToyDetector()
     interrupted.blow_up_at = 6  # the run dies during step 6, after the step-5 checkpoint
     with pytest.raises(FloatingPointError):
-        T.train(interrupted, ToyDataset(), config(tmp_path / "c", checkpoint_every=5))
+        T.train(interrupted, ToyDataset(), config(tmp_path / "c", checkpoint_every=5, **recipe))
     resumed = ToyDetector()
     torch.manual_seed(123)  # resuming restores the RNG, whatever it was
-    T.train(resumed, ToyDataset(), config(tmp_path / "c"), resume=tmp_path / "c" / "last.pt")
+    T.train(resumed, ToyDataset(), config(tmp_path / "c", **recipe), resume=tmp_path / "c" / "last.pt")
     for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
-        torch.testing.assert_close(a, b)
+        torch.testing.assert_close(a, b)  # the EMA, which the model holds at the end
+    raw_a, raw_b = (T.load_checkpoint(tmp_path / run / "last.pt") for run in ("a", "c"))
+    for name in raw_a["model"]:
+        torch.testing.assert_close(raw_a["model"][name], raw_b["model"][name])
+    if recipe.get("ema_decay", 0.999):
+        assert raw_a["ema"]["updates"] == raw_b["ema"]["updates"] == 12
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
@@ -124,7 +131,103 @@ def test_checkpoint_errors(tmp_path):
         T.load_checkpoint(foreign)
 
 
-@pytest.mark.parametrize("bad", [dict(iterations=0), dict(batch_size=-1), dict(lr=float("nan")), dict(milestones=(5, 2))])
+@pytest.mark.parametrize("bad", [
+    dict(iterations=0), dict(batch_size=-1), dict(lr=float("nan")), dict(milestones=(5, 2)),
+    dict(optimizer="adam"), dict(schedule="linear"), dict(ema_decay=1.0), dict(ema_decay=0.0), dict(ema_decay=-0.5),
+    dict(ema_decay=float("nan")), dict(warmup_factor=-0.1), dict(lr_decay=-1.0), dict(clip_grad_norm=-1.0),
+    dict(weight_decay=-1e-4), dict(min_lr_factor=2.0), dict(iterations=True), dict(lr="0.01"),
+])
 def test_bad_config(bad):
-    with pytest.raises(ValueError, match="TrainConfig"):
+    name = next(iter(bad))
+    with pytest.raises(ValueError, match=f"TrainConfig.{name}"):
         T.TrainConfig(**bad)
+
+
+def test_defaults_are_the_recipe():
+    c = T.TrainConfig()
+    assert (c.optimizer, c.schedule, c.lr, c.weight_decay, c.ema_decay) == ("adamw", "cosine", 1e-3, 0.05, 0.999)
+    sgd = T.TrainConfig(optimizer="sgd")
+    assert (sgd.lr, sgd.weight_decay) == (0.02, 1e-4)
+    assert T.TrainConfig(optimizer="sgd", lr=0.1).lr == 0.1
+
+
+def test_cosine_schedule():
+    c = T.TrainConfig(iterations=110, warmup_iters=10, warmup_factor=0.1, min_lr_factor=0.01)
+    factors = [T.learning_rate_factor(step, c) for step in range(110)]
+    assert factors[0] == pytest.approx(0.1)
+    assert factors[10] == pytest.approx(1.0)
+    assert factors[109] == pytest.approx(0.01)
+    assert factors[60] == pytest.approx(0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * 50 / 99)))
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
+
+
+def test_no_weight_decay_on_norms_and_biases():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4), nn.Flatten(), nn.Linear(4, 2))
+    decay, no_decay = T.parameter_groups(model, 0.05)
+    assert {id(p) for p in decay["params"]} == {id(model[0].weight), id(model[3].weight)}
+    assert len(no_decay["params"]) == 4 and no_decay["weight_decay"] == 0.0
+    (everything,) = T.parameter_groups(model, 0.05, decay_norm_and_bias=True)
+    assert len(everything["params"]) == 6
+    assert isinstance(T.make_optimizer(model, T.TrainConfig()), torch.optim.AdamW)
+    assert isinstance(T.make_optimizer(model, T.TrainConfig(optimizer="sgd")), torch.optim.SGD)
+
+
+def test_ema_follows_the_weights():
+    model = nn.Linear(2, 1)
+    ema = T.ModelEMA(model, decay=0.9)
+    start = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)  # first update: decay warms up to min(0.9, 2/11)
+    d = 2 / 11
+    torch.testing.assert_close(ema.module.weight, d * start + (1 - d) * model.weight.detach())
+    for _ in range(200):
+        ema.update(model)
+    torch.testing.assert_close(ema.module.weight, model.weight.detach())
+    assert not any(p.requires_grad for p in ema.module.parameters())
+
+
+def test_ema_is_evaluated_and_exported(tmp_path):
+    torch.manual_seed(0)
+    model = ToyDetector()
+    T.train(model, ToyDataset(), config(tmp_path, ema_decay=0.5))
+    state = T.load_checkpoint(tmp_path / "last.pt")
+    assert state["ema"]["updates"] == 12
+    ema_weights = state["ema"]["module"]
+    for name, value in model.state_dict().items():  # the model ends holding the EMA
+        torch.testing.assert_close(value, ema_weights[name])
+    assert any(not torch.equal(state["model"][k], ema_weights[k]) for k in ema_weights)
+    exported = T.load_checkpoint(T.export_weights(tmp_path / "last.pt", tmp_path / "shipped.pt"))
+    for name, value in ema_weights.items():
+        torch.testing.assert_close(exported["model"][name], value)
+
+
+def test_callback_can_stop_training(tmp_path):
+    seen = []
+
+    def stop_at_four(step, evaluated):
+        seen.append((step, isinstance(evaluated, nn.Module)))
+        return step == 4
+
+    T.train(ToyDetector(), ToyDataset(), config(tmp_path), callback=stop_at_four)
+    assert seen == [(1, True), (2, True), (3, True), (4, True)]
+    assert T.load_checkpoint(tmp_path / "last.pt")["step"] == 4
+
+
+def test_resume_refuses_what_cannot_continue(tmp_path):
+    torch.manual_seed(0)
+    T.train(ToyDetector(), ToyDataset(), config(tmp_path / "run"))
+    last = tmp_path / "run" / "last.pt"
+    exported = T.export_weights(last, tmp_path / "weights.pt")
+    with pytest.raises(ValueError, match="weights only"):
+        T.train(ToyDetector(), ToyDataset(), config(tmp_path / "x"), resume=exported)
+    with pytest.raises(ValueError, match="optimizer='adamw'"):
+        T.train(ToyDetector(), ToyDataset(), config(tmp_path / "x", optimizer="sgd"), resume=last)
+    with pytest.raises(ValueError, match="EMA"):
+        T.train(ToyDetector(), ToyDataset(), config(tmp_path / "x", ema_decay=None), resume=last)
+    state = torch.load(last, weights_only=True)
+    state["model_config"] = {"kind": "retinanet"}
+    torch.save(state, tmp_path / "retina.pt")
+    with pytest.raises(ValueError, match="retinanet checkpoint"):
+        T.train(ToyDetector(), ToyDataset(), config(tmp_path / "x"), resume=tmp_path / "retina.pt",
+                model_config={"kind": "mask_rcnn"})
