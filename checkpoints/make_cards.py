@@ -43,17 +43,15 @@ KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 FRESH_SEED, FRESH_IMAGES = 20261201, 256  # a generated split no experiment or run uses
 
 
-def steps_to_reach(evals: list[tuple[int, float]], goal: float) -> int | None:
-    """Steps at which ``AP = a + b log(step)``, least-squares fitted to ``evals``, reaches ``goal``."""
+def log_linear_fit(evals: list[tuple[int, float]]) -> tuple[float, float] | None:
+    """``(a, b)`` of ``AP = a + b log(step)``, least-squares fitted to ``evals``; None below two points."""
     points = [(math.log(step), ap) for step, ap in evals if step > 0]
     if len(points) < 2:
         return None
     mx = sum(x for x, _ in points) / len(points)
     my = sum(y for _, y in points) / len(points)
     b = sum((x - mx) * (y - my) for x, y in points) / max(sum((x - mx) ** 2 for x, _ in points), 1e-12)
-    if b <= 0:
-        return None
-    return int(math.exp(mx + (goal - my) / b))
+    return my - b * mx, b
 
 
 def gap_note(c: dict, evals: dict[str, list[tuple[int, float]]]) -> str:
@@ -64,11 +62,14 @@ def gap_note(c: dict, evals: dict[str, list[tuple[int, float]]]) -> str:
         if reached >= goal:
             lines.append(f"{iou_type} AP {reached:.3f} meets the target {goal:.2f}.")
             continue
-        steps = steps_to_reach(evals.get(iou_type, []), goal)
+        fit = log_linear_fit(evals.get(iou_type, []))
         seconds = c["train_seconds"] / max(c["steps"], 1)
-        budget = (f"a log-linear fit of this run's evaluations reaches {goal:.2f} at about {steps:,} steps "
-                  f"(about {steps * seconds / 3600:.0f} h at this run's pace, from a schedule of that length)"
-                  if steps else "this run's evaluations do not support an extrapolation")
+        if fit and fit[1] > 0:
+            steps = math.exp((goal - fit[0]) / fit[1])
+            budget = (f"its evaluations rose {fit[1] * math.log(2):.3f} AP per doubling of the steps, and at that rate "
+                      f"{goal:.2f} needs about {steps:.2g} steps (about {steps * seconds / 3600:.2g} h at this run's pace)")
+        else:
+            budget = "its evaluations do not support an extrapolation"
         lines.append(f"{iou_type} AP {reached:.3f} is {goal - reached:.3f} short of the target {goal:.2f}; {budget}.")
     return " ".join(lines)
 
