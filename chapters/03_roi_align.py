@@ -262,9 +262,11 @@ print(f"mean vs max over the same samples: largest difference {float((max4 - mea
 # ## 4. Both ops as loops, checked against `fpnbook.ops` and `torchvision.ops`
 #
 # Here is each op written the slow way, one RoI, one bin, one sample at a time, with
-# torchvision's conventions. `fpnbook.ops` computes the same numbers vectorised (every
-# bin is a weighted bag of pixels, reduced by `F.embedding_bag`); torchvision runs a
-# compiled kernel. All three must agree.
+# torchvision's conventions. `fpnbook.ops` computes the same numbers vectorised: for
+# RoIAlign every bin is a weighted bag of pixels, reduced by `F.embedding_bag`; for
+# RoIPool every bin's max is read from tables of window maxima over the whole map (a max
+# over a rectangle is the max of a few windows that cover it, overlaps do no harm).
+# torchvision runs a compiled kernel. All three must agree.
 
 # %%
 def c_round(v: float) -> int:

@@ -22,15 +22,22 @@ default; torchvision keeps ``False`` so that old Detectron weights still work.
 
 Both ops here are vectorised PyTorch, differentiable with autograd, and equal to
 ``torchvision.ops.roi_pool`` / ``roi_align`` (same signatures, same numbers, same
-gradients). They share one idea: every output value is a reduction over a *bag*
-of feature vectors, which ``F.embedding_bag`` computes for all bags at once,
-reading the feature map as a table with one row (C channels) per pixel.
+gradients). Every output value is a reduction over a *bag* of feature vectors.
 
 - RoIAlign's average of bilinear samples is a weighted sum of pixels. It is
   separable: the samples of a bin form a grid of rows x columns, so its weights
   are (weights over rows) x (weights over columns), each a short band of pixels.
-- RoIPool's max over a bin is a max over a bag of the bin's pixels, listed row by
-  row so that a tie goes to the first pixel, as in torchvision's kernel.
+  ``F.embedding_bag`` sums all bags at once, reading the feature map as a table
+  with one row (C channels) per pixel.
+- RoIPool's max over a bin could be done the same way (``_roi_pool_bags``, the
+  reference), but a max needs no weights, and it does not mind counting a pixel
+  twice: the max over a rectangle is the max of four overlapping windows of
+  power-of-two sides at its corners. ``roi_pool`` computes the max of every such
+  window once per map (a sparse table, one elementwise max per window size) and
+  then reads four values per bin (or one, from a table of every window size, when
+  bins are small; see ``_window_plan``). To track the winner for the gradient, the tables
+  hold int64 keys, the value's order in the high half and the pixel's index in the
+  low half, so that a tie goes to the first pixel row by row, as in torchvision.
 
 Like torchvision, no gradient flows to the boxes.
 """
@@ -252,6 +259,22 @@ def _pool_bins(start: Tensor, length: Tensor, pooled: int, size: int, dtype: tor
     return lo, hi - lo
 
 
+def _roi_bins(
+    rois: Tensor, out_h: int, out_w: int, spatial_scale: float, height: int, width: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Each RoI rounded to feature pixels, ``round(x * spatial_scale)``, spanning ``x2 - x1 + 1``
+    pixels (at least 1) along each axis, and cut into bins by :func:`_pool_bins` (in the
+    rois' dtype, as torchvision's kernel works in the input's).
+
+    rois: [K, 5]. Returns row_lo, rows [K, h] and col_lo, cols [K, w] (long).
+    """
+    x1, y1, x2, y2 = _round_half_away(rois[:, 1:] * spatial_scale).long().unbind(1)
+    box_w, box_h = (x2 - x1 + 1).clamp(min=1), (y2 - y1 + 1).clamp(min=1)
+    row_lo, rows = _pool_bins(y1, box_h, out_h, height, rois.dtype)
+    col_lo, cols = _pool_bins(x1, box_w, out_w, width, rois.dtype)
+    return row_lo, rows, col_lo, cols
+
+
 def _bin_pixels(first: Tensor, rows: Tensor, cols: Tensor, width: int) -> tuple[Tensor, Tensor]:
     """Every pixel of every bin, bin after bin, row by row inside a bin.
 
@@ -264,6 +287,209 @@ def _bin_pixels(first: Tensor, rows: Tensor, cols: Tensor, width: int) -> tuple[
     i = torch.arange(len(owner), device=counts.device) - offsets[owner]  # position inside its bin
     row_len = cols[owner]
     return first[owner] + (i // row_len) * width + i % row_len, offsets
+
+
+def _roi_pool_bags(input: Tensor, rois: Tensor, out_h: int, out_w: int, spatial_scale: float) -> Tensor:
+    """Reference RoIPool, short and slow: the max over the bag of each bin's pixels.
+
+    The feature map is read as a table with one row (C channels) per pixel; each bin
+    lists its pixels row by row, so that on a tie ``F.embedding_bag``'s max keeps the
+    first one, as torchvision's kernel does.
+    input [N, C, H, W], rois [K, 5] -> [K, C, out_h, out_w].
+    """
+    num_images, channels, height, width = input.shape
+    row_lo, rows, col_lo, cols = _roi_bins(rois, out_h, out_w, spatial_scale, height, width)
+    batch = rois[:, 0].long()
+    first = (batch[:, None, None] * height + row_lo[:, :, None]) * width + col_lo[:, None, :]  # [K, h, w]
+    rows, cols = rows[:, :, None].expand_as(first), cols[:, None, :].expand_as(first)
+    # A bin off the map reads one extra all-zero pixel at the end of the table: its max
+    # is then 0, as torchvision defines it, and the gradient it sends there is dropped.
+    empty = (rows == 0) | (cols == 0)
+    zero_pixel = num_images * height * width
+    first = first.masked_fill(empty, zero_pixel).reshape(-1)
+    rows, cols = rows.masked_fill(empty, 1).reshape(-1), cols.masked_fill(empty, 1).reshape(-1)
+    pixels, offsets = _bin_pixels(first, rows, cols, width)
+
+    table = torch.cat([_pixel_table(input), input.new_zeros(1, channels)])
+    with torch.no_grad():  # only to learn which pixel wins: embedding_bag's 4th output, in mode 2 (max)
+        argmax = torch.embedding_bag(table, pixels, offsets, False, 2)[3]
+    # Reading the winners again is what autograd sees: the gradient goes to the argmax pixels.
+    return _bins_to_nchw(table.gather(0, argmax), len(rois), out_h, out_w)
+
+
+# The fast RoIPool looks each bin's max up in precomputed window maxima, a 2-D sparse
+# table. A bin of L pixels along an axis is covered by two windows of any size s with
+# L/2 <= s <= L, one flush with each end; they overlap, which a max does not mind.
+# Table (i, j) holds, at every pixel, the max over the window of row_sizes[i] x
+# col_sizes[j] pixels whose top-left corner it is, and costs one elementwise max of
+# two shifted views of the table before it. Per axis the window sizes are either the
+# powers of two (few tables, two windows per bin) or all sizes up to the longest bin
+# (more tables, one window per bin: 14 x 14 bins are small); _window_plan picks.
+
+_TABLE_BYTES = 24 * 2**20  # one channel block's tables; below glibc's 32 MiB mmap threshold, so reused
+_LOOKUPS = 2**16  # bins x channels looked up at a time on the CPU: 4 corners of int64 keys = 2 MiB
+
+
+def _bin_windows(start: Tensor, count: Tensor, exact: bool) -> tuple[list[int], Tensor, Tensor]:
+    """The windows that cover each bin along one axis.
+
+    start, count: [K, P] long, each bin's first pixel and pixel count (0: empty bin).
+    ``exact``: one window, of the bin's own size, from sizes 1, 2, ..., longest bin.
+    Otherwise two windows of the largest power of two <= count, flush with the ends.
+    Returns the window sizes (increasing, none more than twice the one before), each
+    bin's index into them [K, P], and the windows' first pixels [1 or 2, K, P].
+    """
+    longest = max(int(count.max()), 1)
+    if exact:
+        return list(range(1, longest + 1)), (count - 1).clamp(min=0), start[None]
+    sizes = [2**level for level in range(longest.bit_length())]
+    level = torch.zeros_like(count)
+    for size in sizes[1:]:
+        level += count >= size
+    return sizes, level, torch.stack([start, start + (count - 2**level).clamp(min=0)])
+
+
+def _window_plan(rows: Tensor, cols: Tensor, map_size: int, channels: int) -> tuple[bool, bool]:
+    """Exact window sizes along (rows, cols)? The cheapest choice by a rough cost model: a
+    table is one pass over the map (``map_size`` = N*C*H*W values), and each bin and
+    channel costs one random lookup per window corner, worth about 2.5 such values."""
+    longest = (max(int(rows.max()), 1), max(int(cols.max()), 1))
+    lookups = rows.shape[0] * rows.shape[1] * cols.shape[1] * channels
+
+    def cost(exact: tuple[bool, bool]) -> float:
+        tables = math.prod(n if e else n.bit_length() for n, e in zip(longest, exact))
+        corners = math.prod(1 if e else 2 for e in exact)
+        return tables * map_size + lookups * (2.5 * corners + 0.3 * (corners - 1))
+
+    return min([(False, False), (True, False), (False, True), (True, True)], key=cost)
+
+
+def _to_nhwc(x: Tensor) -> Tensor:
+    """[N, C, H, W] -> contiguous [N, H, W, C] (a view if ``x`` is channels_last). One 2-D
+    transpose per image, which ``copy_`` does in cache-sized tiles."""
+    num_images, channels, height, width = x.shape
+    nhwc = x.permute(0, 2, 3, 1)
+    if nhwc.is_contiguous():
+        return nhwc
+    out = x.new_empty(nhwc.shape)
+    for n in range(num_images):
+        out[n].view(height * width, channels).copy_(x[n].reshape(channels, height * width).t())
+    return out
+
+
+def _descending_order(x: Tensor) -> Tensor:
+    """int32 of the same shape, smaller for larger values and equal for equal values."""
+    if x.dtype == torch.float64:  # 64 bits cannot be squeezed into 32: ranks (a sort, slow but exact)
+        return ~torch.unique(x, return_inverse=True)[1].int()
+    bits = (x.float() + 0.0).view(torch.int32)  # + 0.0 makes -0.0 equal to 0.0; half, bfloat16 widen exactly
+    # Read as integers, a float's bits are sign and magnitude; flipping the magnitude
+    # bits of negative values turns that into two's complement, whose order is the floats'.
+    return ~(bits ^ ((bits >> 31) & 0x7FFFFFFF))
+
+
+def _losing_value(dtype: torch.dtype) -> float:
+    """torchvision's starting max, -FLT_MAX, in ``dtype`` (-inf for half and bfloat16)."""
+    return float(torch.tensor(torch.finfo(torch.float32).min, dtype=dtype))
+
+
+def _roi_pool_windows(
+    input: Tensor, rois: Tensor, out_h: int, out_w: int, spatial_scale: float, argmax: bool
+) -> Tensor:
+    """RoIPool through window tables (see above). Returns [K, C, out_h * out_w]: the bins'
+    maxima, in ``input``'s dtype, or with ``argmax`` their argmax as int32 indices into
+    ``input.reshape(-1)``: ``input.numel()`` for an empty bin (value 0), ``input.numel() + 1``
+    for a bin of NaN and -inf only (value -FLT_MAX). Ties go to the first pixel in
+    row-major order, as in torchvision.
+
+    With ``argmax`` the tables hold int64 keys ``(value order << 32) + index``, of which
+    the smallest is the largest value and, of equal ones, the first pixel: the min of
+    keys is a max of values that carries its argmax along. Needs input.numel() < 2**31 - 2.
+    """
+    num_images, channels, height, width = input.shape
+    num_rois, bins = len(rois), out_h * out_w
+    device = input.device
+    row_lo, rows, col_lo, cols = _roi_bins(rois, out_h, out_w, spatial_scale, height, width)
+    exact_rows, exact_cols = _window_plan(rows, cols, input.numel(), channels)
+    row_sizes, row_pick, row_starts = _bin_windows(row_lo, rows, exact_rows)  # [R], [K, h], [1|2, K, h]
+    col_sizes, col_pick, col_starts = _bin_windows(col_lo, cols, exact_cols)  # [S], [K, w], [1|2, K, w]
+
+    # Table (i, j) has a window at each (image, y, x) where it fits on the map: rows
+    # start[i * S + j] onwards of one buffer [*, channels], whose last row is for empty bins.
+    t_h, t_w = [height + 1 - s for s in row_sizes], [width + 1 - s for s in col_sizes]
+    start = [0]
+    for a in t_h:
+        for b in t_w:
+            start.append(start[-1] + num_images * a * b)
+    empty_row = start[-1]
+    # The buffer row of every window corner of every bin: [corners, K * h * w].
+    first_row = torch.tensor(start[:-1], device=device).view(len(t_h), len(t_w))
+    first_row = first_row[row_pick[:, :, None], col_pick[:, None, :]]  # [K, h, w]
+    pitch = torch.tensor(t_w, device=device)[col_pick][:, None, :]  # [K, 1, w]
+    per_image = torch.tensor(t_h, device=device)[row_pick][:, :, None] * pitch  # [K, h, w]
+    first_row = first_row + rois[:, 0].long()[:, None, None] * per_image
+    corners = first_row + row_starts[:, None, :, :, None] * pitch + col_starts[None, :, :, None, :]
+    corners = corners.reshape(-1, num_rois * bins)
+    empty = (rows == 0)[:, :, None] | (cols == 0)[:, None, :]
+    corners = corners.masked_fill(empty.reshape(-1), empty_row)
+
+    x = _to_nhwc(input.detach())
+    # Like torchvision's kernel, which starts a bin's max at -FLT_MAX and takes a pixel
+    # only if it is larger: NaN, -inf and -FLT_MAX never win, and a bin holding nothing
+    # else gives -FLT_MAX (in input's dtype), with no gradient.
+    floor = _losing_value(input.dtype)
+    losing = ~(x > floor)
+    losing = losing if bool(losing.any()) else None
+    if losing is not None:
+        x = x.masked_fill(losing, floor)
+    if argmax:
+        reduce, empty_value, dtype = torch.minimum, input.numel(), torch.int64
+        x = _descending_order(x)
+        floor_key = (int(_descending_order(input.new_full((1,), floor))) << 32) + input.numel() + 1
+        pixel = torch.arange(height * width, device=device).view(height, width, 1)
+        plane = torch.arange(num_images, device=device)[:, None, None, None] * channels
+    else:
+        reduce, empty_value, dtype = torch.maximum, 0, input.dtype
+    result = torch.empty(num_rois, channels, bins, dtype=torch.int32 if argmax else dtype, device=device)
+    # Channels in blocks of even size, whose tables fit in _TABLE_BYTES.
+    block = max(1, min(channels, _TABLE_BYTES // ((empty_row + 1) * dtype.itemsize)))
+    block = -(-channels // -(-channels // block))
+    step = max(1, _LOOKUPS // (block * bins)) if device.type == "cpu" else num_rois
+    buffer = torch.empty(0, device=device)
+    for c0 in range(0, channels, block):
+        c1 = min(c0 + block, channels)
+        if buffer.shape[-1] != c1 - c0:
+            buffer = torch.empty(empty_row + 1, c1 - c0, dtype=dtype, device=device)
+
+        def table(i: int, j: int) -> Tensor:
+            k = i * len(t_w) + j
+            return buffer[start[k] : start[k + 1]].view(num_images, t_h[i], t_w[j], c1 - c0)
+
+        ones = table(0, 0)  # 1 x 1 windows: the map itself
+        ones.copy_(x[..., c0:c1])
+        if argmax:
+            ones <<= 32
+            ones += pixel
+            ones += (plane + torch.arange(c0, c1, device=device)) * (height * width)
+            if losing is not None:  # they read the -FLT_MAX after the zero in roi_pool's table
+                ones.masked_fill_(losing[..., c0:c1], floor_key)
+        buffer[empty_row] = empty_value
+        for j in range(len(t_w)):
+            if j:
+                shift, prev = col_sizes[j] - col_sizes[j - 1], table(0, j - 1)
+                reduce(prev[:, :, :-shift], prev[:, :, shift:], out=table(0, j))
+            for i in range(1, len(t_h)):
+                shift, prev = row_sizes[i] - row_sizes[i - 1], table(i - 1, j)
+                reduce(prev[:, :-shift], prev[:, shift:], out=table(i, j))
+        for k0 in range(0, num_rois, step):
+            k1 = min(k0 + step, num_rois)
+            found = buffer.index_select(0, corners[:, k0 * bins : k1 * bins].reshape(-1))
+            found = found.view(len(corners), (k1 - k0) * bins, c1 - c0)
+            best = found[0]
+            for other in found[1:]:
+                reduce(best, other, out=best)
+            # For keys, the cast to int32 keeps the low 32 bits: the index.
+            result[k0:k1, c0:c1].copy_(best.view(k1 - k0, bins, c1 - c0).transpose(1, 2))
+    return result
 
 
 def roi_pool(
@@ -294,31 +520,20 @@ def roi_pool(
     _check_scale(spatial_scale)
     out_h, out_w = _output_size(output_size)
     rois = _rois(input, boxes)
-    num_images, channels, height, width = input.shape
-    num_rois = len(rois)
+    num_rois, channels = len(rois), input.shape[1]
     if num_rois == 0 or input.numel() == 0:
         return input.new_zeros(num_rois, channels, out_h, out_w)
-
-    x1, y1, x2, y2 = _round_half_away(rois[:, 1:] * spatial_scale).long().unbind(1)
-    box_w, box_h = (x2 - x1 + 1).clamp(min=1), (y2 - y1 + 1).clamp(min=1)
-    row_lo, rows = _pool_bins(y1, box_h, out_h, height, rois.dtype)  # [K, h]
-    col_lo, cols = _pool_bins(x1, box_w, out_w, width, rois.dtype)  # [K, w]
-    batch = rois[:, 0].long()
-    first = (batch[:, None, None] * height + row_lo[:, :, None]) * width + col_lo[:, None, :]  # [K, h, w]
-    rows, cols = rows[:, :, None].expand_as(first), cols[:, None, :].expand_as(first)
-    # A bin off the map reads one extra all-zero pixel at the end of the table: its max
-    # is then 0, as torchvision defines it, and the gradient it sends there is dropped.
-    empty = (rows == 0) | (cols == 0)
-    zero_pixel = num_images * height * width
-    first = first.masked_fill(empty, zero_pixel).reshape(-1)
-    rows, cols = rows.masked_fill(empty, 1).reshape(-1), cols.masked_fill(empty, 1).reshape(-1)
-    pixels, offsets = _bin_pixels(first, rows, cols, width)
-
-    table = torch.cat([_pixel_table(input), input.new_zeros(1, channels)])
-    with torch.no_grad():  # only to learn which pixel wins: embedding_bag's 4th output, in mode 2 (max)
-        argmax = torch.embedding_bag(table, pixels, offsets, False, 2)[3]
-    # Reading the winners again is what autograd sees: the gradient goes to the argmax pixels.
-    return _bins_to_nchw(table.gather(0, argmax), num_rois, out_h, out_w)
+    if not (torch.is_grad_enabled() and input.requires_grad):  # no gradient: the maxima are all we need
+        pooled = _roi_pool_windows(input, rois, out_h, out_w, spatial_scale, argmax=False)
+        return pooled.view(num_rois, channels, out_h, out_w)
+    if input.numel() >= 2**31 - 2:  # its indices would not fit in int32
+        return _roi_pool_bags(input, rois, out_h, out_w, spatial_scale)
+    with torch.no_grad():
+        argmax = _roi_pool_windows(input, rois, out_h, out_w, spatial_scale, argmax=True)
+    # Reading the winners is what autograd sees: the gradient goes to the argmax pixels,
+    # and an empty bin's to the extra zero at the end (or -FLT_MAX), where it is dropped.
+    table = torch.cat([input.reshape(-1), input.new_tensor([0.0, _losing_value(input.dtype)])])
+    return table.index_select(0, argmax.view(-1)).view(num_rois, channels, out_h, out_w)
 
 
 # --- Modules ----------------------------------------------------------------------------

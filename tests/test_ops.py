@@ -6,6 +6,7 @@ import torchvision
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fpnbook import ops
 from fpnbook.ops import RoIAlign, RoIPool, roi_align, roi_pool
 
 # fp32 sums of a few dozen products of O(1) numbers: the two implementations add
@@ -68,14 +69,36 @@ def test_roi_align_matches_torchvision(case, sampling_ratio, aligned):
     torch.testing.assert_close(ours, theirs, atol=ATOL, rtol=0)
 
 
-@settings(max_examples=500, deadline=None)
-@given(case=roi_cases())
-def test_roi_pool_matches_torchvision(case):
-    features, boxes, _, output_size, scale = case
-    ours = roi_pool(features, boxes, output_size, scale)
+def integer_grad(shape: torch.Size, seed: int) -> torch.Tensor:
+    """Small whole numbers: their sums are exact in any order, so gradients compare exactly."""
+    return torch.randint(-3, 4, shape, generator=torch.Generator().manual_seed(seed)).float()
+
+
+def check_roi_pool(features, boxes, output_size, scale, seed=0):
+    """roi_pool against torchvision: values without autograd (fpnbook's max-only path), then
+    values and the gradient with it (the path that tracks the argmax)."""
     theirs = torchvision.ops.roi_pool(features, boxes, output_size, scale)
+    ours = roi_pool(features, boxes, output_size, scale)
     assert ours.shape == theirs.shape
     torch.testing.assert_close(ours, theirs, atol=0, rtol=0)  # a max copies a value: exact
+    if not len(theirs):
+        return
+    mine, ref = features.clone().requires_grad_(), features.clone().requires_grad_()
+    ours, theirs = roi_pool(mine, boxes, output_size, scale), torchvision.ops.roi_pool(ref, boxes, output_size, scale)
+    torch.testing.assert_close(ours, theirs, atol=0, rtol=0)
+    grad = integer_grad(theirs.shape, seed)
+    ours.backward(grad)
+    theirs.backward(grad)
+    torch.testing.assert_close(mine.grad, ref.grad, atol=0, rtol=0)
+
+
+@settings(max_examples=500, deadline=None)
+@given(case=roi_cases(), ties=st.booleans(), seed=st.integers(0, 2**31))
+def test_roi_pool_matches_torchvision(case, ties, seed):
+    features, boxes, _, output_size, scale = case
+    if ties:  # a dozen distinct values: most bins hold several copies of their max
+        features = (2 * features).round()
+    check_roi_pool(features, boxes, output_size, scale, seed)
 
 
 # --- by hand: a 4x4 map whose value at (y, x) is 4y + x ------------------------------------
@@ -186,6 +209,43 @@ def test_gradients_match_torchvision():
         torch.testing.assert_close(mine, ref, atol=1e-12, rtol=0)
 
 
+@pytest.mark.parametrize("plan", [(False, False), (True, False), (False, True), (True, True)])
+def test_roi_pool_window_plans(monkeypatch, plan):
+    """Every choice of window sizes (powers of two or exact, per axis), channels split into
+    uneven blocks, lookups in several steps; and the reference (bags) implementation."""
+    monkeypatch.setattr(ops, "_window_plan", lambda *args: plan)
+    monkeypatch.setattr(ops, "_TABLE_BYTES", 1)  # one channel per block
+    monkeypatch.setattr(ops, "_LOOKUPS", 50)
+    generator = torch.Generator().manual_seed(6)
+    features = (2 * torch.randn(2, 3, 13, 11, generator=generator)).round()
+    rois = random_rois(2, 20, 60.0, generator).float()
+    for output_size in [(2, 3), 5]:
+        check_roi_pool(features, rois, output_size, 0.25)
+    # Room for the int64 tables of two channels: blocks of 2 and 1 on the argmax path.
+    row_lo, rows, col_lo, cols = ops._roi_bins(rois, 3, 3, 0.25, 13, 11)
+    row_sizes, col_sizes = ops._bin_windows(row_lo, rows, plan[0])[0], ops._bin_windows(col_lo, cols, plan[1])[0]
+    table_rows = 2 * sum(14 - s for s in row_sizes) * sum(12 - s for s in col_sizes) + 1
+    monkeypatch.setattr(ops, "_TABLE_BYTES", 2 * table_rows * 8)
+    check_roi_pool(features, rois, 3, 0.25)
+    reference = ops._roi_pool_bags(features, rois, 3, 4, 0.25)
+    torch.testing.assert_close(reference, torchvision.ops.roi_pool(features, rois, (3, 4), 0.25), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_roi_pool_nan_and_inf_as_torchvision(dtype):
+    """torchvision's max starts at -FLT_MAX and takes only larger pixels: NaN and -inf never
+    win, and a bin of nothing else gives -FLT_MAX, also for float64, and no gradient."""
+    generator = torch.Generator().manual_seed(8)
+    features = torch.randn(2, 3, 7, 6, dtype=dtype, generator=generator)
+    features[0, 0, 1:3, 2] = float("nan")
+    features[0, 1] = float("-inf")
+    features[1, 2, :4] = float("nan")
+    features[1, 2, 5, 1] = -3.4028234663852886e38  # -FLT_MAX itself
+    features[1, 0, 5, 5] = -1e300 if dtype == torch.float64 else float("-inf")
+    rois = random_rois(2, 12, 28.0, generator).to(dtype)
+    check_roi_pool(features, rois, (3, 2), 0.25)
+
+
 def test_roi_pool_tie_gradient_goes_to_first_pixel():
     features = torch.zeros(1, 1, 3, 3, requires_grad=True)
     roi_pool(features, box(0, 0, 2, 2), 1).sum().backward()
@@ -229,6 +289,22 @@ def test_non_contiguous_input():
     for layout in (features.contiguous(memory_format=torch.channels_last), features.transpose(2, 3).contiguous().transpose(2, 3)):
         torch.testing.assert_close(roi_align(layout, rois, 3, 0.25), roi_align(features, rois, 3, 0.25))
         torch.testing.assert_close(roi_pool(layout, rois, 3, 0.25), roi_pool(features, rois, 3, 0.25))
+        check_roi_pool(layout, rois, 3, 0.25)
+
+
+def test_half_precision_roi_pool_gradient():
+    """Half features take the argmax path too: the same winners as torchvision on the same values."""
+    generator = torch.Generator().manual_seed(7)
+    features = (2 * torch.randn(2, 3, 9, 8, generator=generator)).round().half()
+    rois = random_rois(2, 8, 36.0, generator).float()
+    mine, ref = features.clone().requires_grad_(), features.float().requires_grad_()
+    ours, theirs = roi_pool(mine, rois, 3, 0.25), torchvision.ops.roi_pool(ref, rois, 3, 0.25)
+    assert ours.dtype == torch.float16
+    torch.testing.assert_close(ours.float(), theirs, atol=0, rtol=0)
+    grad = integer_grad(theirs.shape, 0)
+    ours.backward(grad.half())
+    theirs.backward(grad)
+    torch.testing.assert_close(mine.grad.float(), ref.grad, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("op", [roi_align, roi_pool])
