@@ -43,17 +43,33 @@ from common import model_benchmark_args  # noqa: E402
 from fpnbook import data  # noqa: E402
 from fpnbook.timing import best_times  # noqa: E402
 from fpnbook.models import COCO_SIZING, ModelConfig, build  # noqa: E402
+from fpnbook.train import load_checkpoint  # noqa: E402
 
 NUM_CLASSES = 8
 DATA = ("random", "generated")
 
 
-def build_models(image_size: int, device: torch.device, sizing: str = "book") -> dict[str, torch.nn.Module]:
-    """Our Mask R-CNN and its torchvision twin; ``sizing`` ``"coco"`` gives both COCO's 2000/2000/512 counts."""
-    torch.manual_seed(0)
-    ours = build(ModelConfig(kind="mask_rcnn", num_classes=NUM_CLASSES, **(COCO_SIZING if sizing == "coco" else {})))
-    theirs = torchvision_mask_rcnn(ours, image_size)
-    return {"fpnbook": ours.to(device), "torchvision": theirs.to(device)}
+def build_models(image_size: int, device: torch.device, sizing: str = "book",
+                 weights: Path | None = None) -> dict[str, torch.nn.Module]:
+    """Our Mask R-CNN and its torchvision twin, from the same weights (seeded, or ``weights``: a checkpoint).
+
+    ``sizing`` ``"coco"`` gives both models COCO's 2000/2000/512 training counts, ``"book"``
+    the defaults (600/300/128), ``"both"`` all four models, named ``fpnbook``/``torchvision``
+    (book) and ``fpnbook-coco``/``torchvision-coco``.
+    """
+    models = {}
+    for name, counts in (("", {}), ("-coco", COCO_SIZING)):
+        if (sizing == "coco" and not counts) or (sizing == "book" and counts):
+            continue
+        torch.manual_seed(0)
+        ours = build(ModelConfig(kind="mask_rcnn", num_classes=NUM_CLASSES, **counts))
+        if weights is not None:  # a trained RPN proposes as in real training, not at random
+            ours.load_state_dict(load_checkpoint(weights)["model"])
+        theirs = torchvision_mask_rcnn(ours, image_size)
+        models[f"fpnbook{name}"], models[f"torchvision{name}"] = ours.to(device), theirs.to(device)
+    if sizing == "coco":
+        models = {name.removesuffix("-coco"): model for name, model in models.items()}
+    return models
 
 
 def make_batch(batch: int, image_size: int, device: torch.device) -> tuple[list, list]:
@@ -110,11 +126,11 @@ def rss_mib() -> float:
 
 
 def step_memory_mib(name: str, image_size: int, batch: int, device: str, threads: int, kind: str = "random",
-                    sizing: str = "book") -> float:
+                    sizing: str = "book", weights: Path | None = None) -> float:
     """Peak memory a training step of model ``name`` adds, in MiB (see the module docstring)."""
     torch.set_num_threads(threads)
     device = torch.device(device)
-    model = build_models(image_size, device, sizing)[name]
+    model = build_models(image_size, device, sizing, weights)[name]
     images, targets = batch_of(kind, batch, image_size, device)
     step = train_step_fn(model, images, targets)
     step()  # the first step allocates the gradients and momentum buffers
@@ -144,14 +160,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     def add_data(parser) -> None:
         parser.add_argument("--data", choices=DATA, default="random",
                             help="random images and boxes (default), or the generated training split")
-        parser.add_argument("--sizing", choices=("book", "coco"), default="book",
-                            help="training proposal counts and RoIs per image: the book's defaults (600/300/128) "
-                                 "or COCO's (2000/2000/512), for both models")
+        parser.add_argument("--sizing", choices=("book", "coco", "both"), default="book",
+                            help="training proposal counts and RoIs per image: the book's defaults (600/300/128), "
+                                 "COCO's (2000/2000/512), or both side by side, for both models")
+        parser.add_argument("--weights", type=Path, default=None,
+                            help="start every model from this fpnbook Mask R-CNN checkpoint (e.g. a trained one)")
 
     args, device = model_benchmark_args(__doc__.splitlines()[0], 5, "smoke run: 128 px, no warm-up, 1 repeat, no memory",
                                         argv, add_data)
     size, warmup, repeats = (128, 0, 1) if args.quick else (args.size, 2, args.repeats)
-    models = build_models(size, device, args.sizing)
+    models = build_models(size, device, args.sizing, args.weights)
     images, targets = batch_of(args.data, args.batch, size, device)
     print(f"Mask R-CNN (tiny ResNet + FPN P2-P6, {NUM_CLASSES} classes), {args.batch} x {size}px"
           + (" generated images" if args.data == "generated" else "")
@@ -162,14 +180,21 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     }
     print(f"{'':<14}{'fpnbook img/s':>15}{'torchvision img/s':>19}{'ratio':>8}")
     ratios = {}
-    for row, seconds in rows.items():
-        ours, theirs = args.batch / seconds["fpnbook"], args.batch / seconds["torchvision"]
-        ratios[row] = ours / theirs
-        print(f"{row:<14}{ours:>15.2f}{theirs:>19.2f}{ratios[row]:>8.2f}")
-    if not args.quick:
+    for suffix in dict.fromkeys(name[len("fpnbook"):] for name in models if name.startswith("fpnbook")):
+        for row, seconds in rows.items():
+            ours, theirs = args.batch / seconds["fpnbook" + suffix], args.batch / seconds["torchvision" + suffix]
+            ratios[row + suffix] = ours / theirs
+            print(f"{row + suffix:<18}{ours:>11.2f}{theirs:>19.2f}{ratios[row + suffix]:>8.2f}")
+    if args.sizing == "both":
+        for model in ("fpnbook", "torchvision"):
+            speedup = rows["train step"][model + "-coco"] / rows["train step"][model]
+            ratios[f"{model} train step, book / coco sizing"] = speedup
+            print(f"{model} training step with the book's counts: {speedup:.2f}x faster than with COCO's")
+    if not args.quick and args.sizing != "both":
         # A fresh process per model, so one model's freed-but-kept heap does not hide the other's growth.
         with multiprocessing.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
-            mib = {n: pool.apply(step_memory_mib, (n, size, args.batch, str(device), args.threads, args.data, args.sizing))
+            mib = {n: pool.apply(step_memory_mib, (n, size, args.batch, str(device), args.threads, args.data, args.sizing,
+                                                  args.weights))
                    for n in models}
         what = "max_memory_allocated" if device.type == "cuda" else "resident set growth"
         print(f"{'peak MiB':<14}{mib['fpnbook']:>15.0f}{mib['torchvision']:>19.0f}"
