@@ -356,7 +356,8 @@ def best_score(output: dict) -> float:
 
 
 print("best score per validation image: median", round(float(np.median([best_score(o) for o in outputs])), 2))
-viz.show_grid(*pairs(outputs, [1, 5, 9, 13], "mask_rcnn"), ncols=4, figsize=(13, 7))
+pictures, titles = pairs(outputs, [1, 5, 9, 13], "mask_rcnn")
+viz.show_grid(pictures, ncols=4, titles=titles, figsize=(10.5, 5.6))
 
 # %% [markdown]
 # ### A photograph
@@ -377,7 +378,7 @@ found = int((photo_output["scores"] >= SCORE).sum())
 print(f"{len(category_ids)} shapes pasted ({', '.join(names[c] for c in category_ids)}); "
       f"{found} detections with score ≥ {SCORE}")
 viz.show_grid([photo_tensor, viz.draw_detections(photo_tensor, photo_output, class_names=names, score_threshold=SCORE)],
-              ncols=2, titles=["pasted shapes", f"mask_rcnn, score ≥ {SCORE}"], figsize=(10, 5.4))
+              ncols=2, titles=["pasted shapes", f"mask_rcnn, score ≥ {SCORE}"], figsize=(7, 3.8))
 
 # %% [markdown]
 # ### Masks for classes that never had one (Mask^X R-CNN, chapter 4)
@@ -409,7 +410,8 @@ print(f"mask AP, classes with masks {[names[c] for c in data.SPLIT_A]}: {mask_ap
 print(f"mask AP, classes without   {[names[c] for c in data.SPLIT_B]}: {mask_ap_on(data.SPLIT_B):.3f}")
 unseen = [{k: v[torch.isin(o["labels"], torch.tensor(data.SPLIT_B))] for k, v in o.items()} for o in x_outputs]
 with_unseen = [i for i in range(len(val_set)) if torch.isin(val_set[i][1]["labels"], torch.tensor(data.SPLIT_B)).any()]
-viz.show_grid(*pairs(unseen, with_unseen[:2], "mask_x, never-masked classes"), ncols=4, figsize=(13, 3.6))
+pictures, titles = pairs(unseen, with_unseen[:2], "mask_x, unmasked classes")
+viz.show_grid(pictures, ncols=4, titles=titles, figsize=(10.5, 2.9))
 
 # %% [markdown]
 # ### Where it fails
@@ -447,7 +449,8 @@ for label, low, high in [("small (< 32 px)", 0, 32), ("medium", 32, 96), ("large
 assert recalls == sorted(recalls)  # the smaller the object, the more often it is missed
 worst = sorted(range(len(outputs)), key=lambda i: (-missed_per_image[i], i))[:2]
 print("most missed objects:", {f"val {i}": missed_per_image[i] for i in worst})
-viz.show_grid(*pairs(outputs, worst, "mask_rcnn"), ncols=4, figsize=(13, 3.6))
+pictures, titles = pairs(outputs, worst, "mask_rcnn")
+viz.show_grid(pictures, ncols=4, titles=titles, figsize=(10.5, 2.9))
 
 # %% [markdown]
 # ## 5. Your own data (`fpnbook.labelme`, `python -m fpnbook`)
@@ -531,23 +534,26 @@ figure
 # %% [markdown]
 # ## What limits these numbers
 #
-# The issue asks for box AP ≥ 0.85 (both detectors) and mask AP ≥ 0.80 on this split. The
-# cards hold what the shipped checkpoints reached, and the gap is compute. The cell below
-# puts a number on it: the images each checkpoint saw in training, against the schedule
-# the papers' models had (Detectron's "1x": 90k steps of 16 images, after ImageNet
-# pre-training; ours start from scratch), and the box AP at each of the run's
-# evaluations: still climbing when the run stopped.
+# The book's goal is box AP ≥ 0.85 (both detectors) and mask AP ≥ 0.80, and the shipped
+# checkpoints are still far from it. The cell below puts numbers on the gap: the images
+# each checkpoint saw in training against the schedule the papers' models had
+# (Detectron's "1x": 90k steps of 16 images, after ImageNet pre-training; ours start
+# from scratch), the box AP at each of the run's evaluations, and what the run's own
+# curve says it would take to close the gap (its card's note: a log-linear fit, a rough
+# extrapolation that is, if anything, optimistic near the ceiling).
 
 # %%
 PAPER_IMAGES = 90_000 * 16
 for name, card in cards.items():
     evals = [(r["step"], r["eval"]["bbox"]["AP"]) for r in train.read_metrics(CHECKPOINTS / card["metrics_file"]) if "eval" in r]
-    reached = ", ".join(f"{t} AP {card['val'][t]['AP']:.3f} (target {goal:.2f})" for t, goal in card["targets"].items())
-    print(f"{name:<12}{images_seen(card):>6} images, {images_seen(card) / PAPER_IMAGES:.2%} of the 1x schedule. "
-          f"{reached or 'No target.'}\n{'':<12}box AP by step: " + ", ".join(f"{step}: {ap:.3f}" for step, ap in evals))
-    assert all(a < b for (_, a), (_, b) in zip(evals, evals[1:]))  # no plateau yet
+    print(f"{name:<12}{images_seen(card):>6} images, {images_seen(card) / PAPER_IMAGES:.2%} of the 1x schedule; "
+          "box AP by step: " + ", ".join(f"{step}: {ap:.3f}" for step, ap in evals))
+    if card.get("gap"):
+        print(f"{'':<12}{card['gap']}")
+    assert evals[-1][1] > evals[0][1]  # still learning when the run stopped
 
 # %% [markdown]
-# More training is the lever: run a card's command with more `--iterations`, on a GPU if
-# you have one (`--device cuda` adds AMP and pinned memory), then `python -m fpnbook eval`.
+# The levers, in the order the measurements above suggest: a longer schedule (rerun a
+# card's command with more `--iterations`, on a GPU if you have one: `--device cuda` adds
+# AMP and pinned memory), then a pretrained backbone, which is what the papers start from.
 # Small objects are where a short run loses most (the recall-by-size table above).
