@@ -19,7 +19,7 @@ def free_port():
 
 
 def config(out_dir):
-    # No warmup and no clipping: the one step is then plain SGD on the averaged gradient.
+    # No warmup and no clipping: the one step (AdamW, then the EMA update) sees only the averaged gradient.
     return T.TrainConfig(iterations=1, batch_size=2, lr=0.1, warmup_iters=0, clip_grad_norm=None,
                          log_every=0, progress=False, device="cpu", out_dir=out_dir)
 
@@ -39,12 +39,15 @@ def worker(rank, port, out_dir):
 @pytest.mark.slow
 def test_ddp_step_equals_single_process_step(tmp_path):
     mp.spawn(worker, args=(free_port(), str(tmp_path / "ddp")), nprocs=2, join=True)
-    ddp_weights = T.load_checkpoint(tmp_path / "ddp" / "last.pt")["model"]
+    ddp = T.load_checkpoint(tmp_path / "ddp" / "last.pt")
 
     torch.manual_seed(0)
     model = ToyDetector()
     single = config(str(tmp_path / "single"))
     single.batch_size = 4  # the same global batch as 2 processes x 2 images
     T.train(model, ToyDataset(random_flip=False), single)
-    for name, value in model.state_dict().items():
-        torch.testing.assert_close(value, ddp_weights[name], msg=name)
+    alone = T.load_checkpoint(tmp_path / "single" / "last.pt")
+    for name, value in alone["model"].items():  # the raw weights, then their EMA
+        torch.testing.assert_close(value, ddp["model"][name], msg=name)
+    for name, value in alone["ema"]["module"].items():
+        torch.testing.assert_close(value, ddp["ema"]["module"][name], msg=f"EMA {name}")
