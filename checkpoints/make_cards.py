@@ -124,12 +124,14 @@ def card(name: str, run: Path, hardware_text: str, recompute: bool) -> dict:
         "metrics_file": f"{name}.metrics.jsonl",
         "note": summary.get("note", ""),
         "evals": evals,
-    } | {"gap": ""}
+    }
 
 
 def markdown(c: dict) -> str:
-    rows = "\n".join(f"| {t} | " + " | ".join(f"{v[k]:.3f}" for k in KEYS) + " |" for t, v in c["val"].items())
-    fresh_rows = "\n".join(f"| {t} | " + " | ".join(f"{v[k]:.3f}" for k in KEYS) + " |" for t, v in c["fresh"].items())
+    def table_rows(results: dict) -> str:
+        return "\n".join(f"| {t} | " + " | ".join(f"{v[k]:.3f}" for k in KEYS) + " |" for t, v in results.items())
+
+    rows, fresh_rows = table_rows(c["val"]), table_rows(c["fresh"])
     targets = ", ".join(f"{t} AP >= {v}" for t, v in c["targets"].items()) or "none set"
     d = c["data"]
     return f"""# `{c['file']}`: {c['model_config']['kind']}

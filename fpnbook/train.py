@@ -17,6 +17,7 @@ reaches the same weights as an uninterrupted one.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -38,11 +39,11 @@ from .evaluate import coco_evaluate, to_coco_results
 
 
 OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "step")
 # The classic Detectron recipe, which the book's first edition trained with: SGD with
 # momentum, weight decay on every parameter, step decay, no EMA. ``TrainConfig(**DETECTRON_RECIPE)``;
 # the experiments whose committed records predate the current defaults still use it.
 DETECTRON_RECIPE = dict(optimizer="sgd", schedule="step", ema_decay=None, decay_norm_and_bias=True)
-SCHEDULES = ("cosine", "step")
 # Per-optimiser defaults for lr and weight_decay: AdamW's from the recipe search,
 # SGD's from Detectron (lr 0.02 for a batch of 16; weight decay 1e-4).
 DEFAULT_LR = {"adamw": 1e-3, "sgd": 0.02}
@@ -133,9 +134,11 @@ def _check_number(name: str, value, low: float, high: float | None = None,
     if high is not None:
         ok = ok and (value < high if high_open else value <= high)
     if not ok:
-        left, right = "(" if low_open else "[", ")" if high_open else "]"
-        interval = f"{left}{low}, {high}{right}" if high is not None else (f"> {low}" if low_open else f">= {low}")
-        raise ValueError(f"TrainConfig.{name} must be a finite number {interval if high is None else 'in ' + interval}, got {value!r}")
+        if high is None:
+            interval = f"{'>' if low_open else '>='} {low}"
+        else:
+            interval = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ValueError(f"TrainConfig.{name} must be a finite number {interval}, got {value!r}")
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -197,20 +200,19 @@ class ModelEMA:
     """
 
     def __init__(self, model: nn.Module, decay: float) -> None:
-        import copy
-
         self.decay, self.updates = decay, 0
         self.module = copy.deepcopy(model).eval()
         for parameter in self.module.parameters():
             parameter.requires_grad_(False)
+        self._averaged = [p for p in self.module.parameters() if p.dtype.is_floating_point]
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
+        """One step of the average towards ``model``'s weights (the model it was made from)."""
         self.updates += 1
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        averaged = [p for p in self.module.parameters() if p.dtype.is_floating_point]
         current = [p.detach() for p in model.parameters() if p.dtype.is_floating_point]
-        torch._foreach_lerp_(averaged, current, 1 - d)
+        torch._foreach_lerp_(self._averaged, current, 1 - d)
         for mine, theirs in zip(self.module.buffers(), model.buffers()):
             mine.copy_(theirs)
 
