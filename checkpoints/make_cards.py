@@ -2,7 +2,9 @@
 
     python checkpoints/make_cards.py NAME=RUN_DIR [NAME=RUN_DIR ...] [--hardware TEXT] [--evaluate]
 
-For each run: ``checkpoints/NAME.pt`` (weights, model config, train config and the
+A run folder of ``python -m fpnbook pretrain`` (it holds ``backbone.pt``) becomes
+``checkpoints/NAME.pt`` as it is, with a card giving its command, cost and how well it
+segments fresh generated images (:func:`backbone_card`). For each detector run: ``checkpoints/NAME.pt`` (weights, model config, train config and the
 command; no optimizer state, see :func:`fpnbook.train.export_weights`),
 ``checkpoints/NAME.metrics.jsonl`` (the run's log, for learning curves),
 ``checkpoints/NAME.md`` (the card) and its entry in ``checkpoints/cards.json``.
@@ -34,6 +36,8 @@ import torch
 import fpnbook
 from fpnbook import data
 from fpnbook.cli import load_model, open_dataset
+from fpnbook.pretrain import (ShapesSemantic, object_accuracy, pretrainer_from_state, read_backbone,
+                              segmentation_scores)
 from fpnbook.train import evaluate_model, export_weights, hardware, load_checkpoint, read_metrics
 
 HERE = Path(__file__).resolve().parent
@@ -127,6 +131,63 @@ def card(name: str, run: Path, hardware_text: str, recompute: bool) -> dict:
     }
 
 
+def backbone_card(name: str, run: Path, hardware_text: str) -> dict:
+    """Ship ``run/backbone.pt`` as ``checkpoints/NAME.pt``; its card, scored on fresh generated images."""
+    out = HERE / f"{name}.pt"
+    shutil.copyfile(run / "backbone.pt", out)
+    shutil.copyfile(run / "metrics.jsonl", HERE / f"{name}.metrics.jsonl")
+    state = read_backbone(out)
+    command = state["command"].replace(f"--out {option(state['command'], 'out', '')}", f"--out runs/{name}")
+    fresh = ShapesSemantic(FRESH_IMAGES // 4, seed=FRESH_SEED, mask_classes=state.get("mask_classes"))
+    model = pretrainer_from_state(state)
+    scores = segmentation_scores(model, fresh)
+    if model.objects:
+        scores["object_accuracy"] = object_accuracy(model, fresh)
+    return {
+        "name": name, "kind": "pretrained_backbone", "file": out.name,
+        "size_mib": round(out.stat().st_size / 2**20, 2), "sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
+        "backbone": state["backbone"], "norm": state["norm"], "fpn_channels": state["fpn_channels"],
+        "mask_classes": state.get("mask_classes"), "command": command, "steps": state["steps"],
+        "images_seen": state["images_seen"], "train_seconds": state["train_seconds"], "hardware": hardware_text,
+        "fpnbook_version": fpnbook.__version__, "torch_version": torch.__version__,
+        "fresh_split": f"{len(fresh)} generated pretraining images of 256 px, seed {FRESH_SEED}",
+        "fresh": {k: round(v, 4) if isinstance(v, float) else v for k, v in scores.items()},
+        "metrics_file": f"{name}.metrics.jsonl",
+    }
+
+
+def backbone_markdown(c: dict) -> str:
+    shapes = "every class" if c["mask_classes"] is None else f"classes {c['mask_classes']} only (the others are ignored over their boxes)"
+    ious = " | ".join(f"{v:.2f}" for v in c["fresh"]["iou"].values())
+    objects = (f"; the per-object branch names the shape of {c['fresh']['object_accuracy']:.1%} of the objects from "
+               "their boxes (chance: 12.5%)" if "object_accuracy" in c["fresh"] else "; no per-object branch")
+    return f"""# `{c['file']}`: pretrained backbone ({c['backbone']} ResNet + FPN, {c['norm']})
+
+{c['size_mib']} MiB, sha256 `{c['sha256'][:16]}...`. The body, FPN and segmentation head of
+`fpnbook.pretrain.SemanticPretrainer`, trained to label every pixel of freshly generated
+images with its shape class. Detectors start from it with `python -m fpnbook train --init checkpoints/{c['file']}`.
+
+| | |
+|---|---|
+| command | `{c['command']}` |
+| steps | {c['steps']} ({c['images_seen']} generated images, each seen once) |
+| labels | the shapes of {shapes} |
+| training time | {c['train_seconds']} s wall |
+| hardware | {c['hardware']} |
+| versions | fpnbook {c['fpnbook_version']}, torch {c['torch_version']} |
+
+## Segmentation of fresh images ({c['fresh_split']})
+
+Pixel accuracy {c['fresh']['pixel_accuracy']:.3f}, mean IoU {c['fresh']['mean_iou']:.3f}{objects}.
+
+| {' | '.join(c['fresh']['iou'])} |
+|{'---|' * len(c['fresh']['iou'])}
+| {ious} |
+
+Learning curve: `{c['metrics_file']}`.
+"""
+
+
 def markdown(c: dict) -> str:
     def table_rows(results: dict) -> str:
         return "\n".join(f"| {t} | " + " | ".join(f"{v[k]:.3f}" for k in KEYS) + " |" for t, v in results.items())
@@ -179,11 +240,16 @@ def main(argv: list[str] | None = None) -> int:
     cards = json.loads(CARDS.read_text()) if CARDS.exists() else {}
     for spec in args.runs:
         name, _, run = spec.partition("=")
-        c = card(name, Path(run), args.hardware or hardware(), args.evaluate)
-        c["gap"] = gap_note(c, c["evals"])
-        (HERE / f"{name}.md").write_text(markdown(c))
+        if (Path(run) / "backbone.pt").is_file():
+            c = backbone_card(name, Path(run), args.hardware or hardware())
+            (HERE / f"{name}.md").write_text(backbone_markdown(c))
+            print(f"{name}: {c['size_mib']} MiB, mean IoU {c['fresh']['mean_iou']:.3f}")
+        else:
+            c = card(name, Path(run), args.hardware or hardware(), args.evaluate)
+            c["gap"] = gap_note(c, c["evals"])
+            (HERE / f"{name}.md").write_text(markdown(c))
+            print(f"{name}: {c['size_mib']} MiB, " + ", ".join(f"{t} AP {v['AP']:.3f}" for t, v in c["val"].items()))
         cards[name] = c
-        print(f"{name}: {c['size_mib']} MiB, " + ", ".join(f"{t} AP {v['AP']:.3f}" for t, v in c["val"].items()))
     CARDS.write_text(json.dumps(dict(sorted(cards.items())), indent=1) + "\n")
     return 0
 

@@ -20,7 +20,10 @@ or against ``old`` (the first edition's SGD recipe with COCO-sized proposal coun
 - ``adamw-no-ema``: ``new`` without the EMA (what the EMA adds);
 - ``new``: AdamW lr 1e-3, wd 0.05 on weights only, warmup 100 then cosine, EMA 0.999, 600/300/128;
 - ``new-lr2e-3``, ``new-lr5e-4``: the peak learning rate;
-- ``new-coco-sized``: ``new`` with 2000/2000/512 (what sizing costs in AP per step).
+- ``new-coco-sized``: ``new`` with 2000/2000/512 (what sizing costs in AP per step);
+- ``pretrained``: ``new``, started from the book's pretrained backbone (``--init``, made by
+  ``python -m fpnbook pretrain``; its training seconds are recorded beside the run's, since
+  they count in the budget).
 
 The record is rewritten after every run, and a run already in the record at ``--out``
 is skipped, so a stopped sweep continues where it stopped (``--out`` the same file).
@@ -38,6 +41,7 @@ from torchvision.transforms import v2
 from experiments import common
 from fpnbook import data
 from fpnbook.models import COCO_SIZING, ModelConfig, build
+from fpnbook.pretrain import load_backbone, read_backbone
 from fpnbook.train import DETECTRON_RECIPE, TrainConfig, evaluate_model, train
 
 NAME = "recipe"
@@ -51,7 +55,9 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "new-lr2e-3": (dict(lr=2e-3), {}),
     "new-lr5e-4": (dict(lr=5e-4), {}),
     "new-coco-sized": ({}, OLD_SIZING),
+    "pretrained": ({}, {}),
 }
+PRETRAINED = {"pretrained"}  # variants that start from --init
 DEFAULT_VARIANTS = ("old", "old-sized", "adamw-no-ema", "new")
 
 
@@ -63,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-images", type=int, default=2000)
     p.add_argument("--decision-images", type=int, default=256)
     p.add_argument("--decision-seed", type=int, default=101, help="seed of the generated decision split")
+    p.add_argument("--init", default="checkpoints/backbone.pt", help="pretrained backbone of the pretrained variants")
     return p
 
 
@@ -75,6 +82,12 @@ def run_one(variant: str, seed: int, args: argparse.Namespace, train_set, decisi
                          **train_overrides)
     torch.manual_seed(seed)
     model = build(model_config)
+    extra = {}
+    if variant in PRETRAINED:
+        backbone = read_backbone(args.init)
+        load_backbone(model, backbone, model_config)
+        extra = {"init": str(args.init), "init_train_seconds": backbone.get("train_seconds"),
+                 "init_command": backbone.get("command")}
     start = time.perf_counter()
     train(model, train_set, config)
     seconds = time.perf_counter() - start
@@ -82,7 +95,7 @@ def run_one(variant: str, seed: int, args: argparse.Namespace, train_set, decisi
     return {"variant": variant, "seed": seed, "train_seconds": round(seconds, 1),
             "seconds_per_step": round(seconds / args.iterations, 3),
             "bbox": {k: round(v, 4) for k, v in ap["bbox"].items()},
-            "segm": {k: round(v, 4) for k, v in ap["segm"].items()}}
+            "segm": {k: round(v, 4) for k, v in ap["segm"].items()}, **extra}
 
 
 def summarise(runs: list[dict]) -> dict:

@@ -1,7 +1,8 @@
 """`python -m fpnbook VERB ...`: the book's command line. Each verb has --help.
 
     python -m fpnbook data    --out DIR --train N --val M --size S --seed K
-    python -m fpnbook train   --model mask_rcnn --out runs/mrcnn [--train-ann F --train-images D]
+    python -m fpnbook pretrain --out runs/backbone   (the backbone every detector can start from)
+    python -m fpnbook train   --model mask_rcnn --out runs/mrcnn [--init checkpoints/backbone.pt] [--train-ann F ...]
     python -m fpnbook eval    --checkpoint runs/mrcnn/last.pt [--ann F --images D]
     python -m fpnbook predict --checkpoint runs/mrcnn/last.pt --images D --out DIR
     python -m fpnbook bench   --model retinanet --size 256 --batch-size 2
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -118,6 +120,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     val_set = open_dataset(args.val_ann, args.val_images)
     torch.manual_seed(args.seed)
     model = build(model_config)
+    if args.init is not None:
+        from .pretrain import load_backbone, read_backbone
+        parts = load_backbone(model, read_backbone(args.init), model_config)
+        if rank == 0:
+            print(f"initialised the {' and '.join(parts)} from {args.init}", file=sys.stderr)
     config = TrainConfig(iterations=args.iterations, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
                          weight_decay=args.weight_decay, decay_norm_and_bias=args.decay_norm_and_bias,
                          schedule=args.schedule, seed=args.seed,
@@ -133,6 +140,34 @@ def cmd_train(args: argparse.Namespace) -> int:
                    "train_seconds": round(time.perf_counter() - start, 1), "val": results}
         (Path(args.out) / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
         print_results(results)
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from .pretrain import SemanticPretrainer, ShapesSemantic, export_backbone
+    from .train import TrainConfig, train
+
+    out = Path(args.out) / "backbone.pt"
+    if out.exists() and not args.overwrite and args.resume is None:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    torch.manual_seed(args.seed)
+    model = SemanticPretrainer(backbone=args.backbone, fpn_channels=args.fpn_channels, objects=not args.no_objects)
+    mask_classes = tuple(int(c) for c in args.mask_classes.split(",")) if args.mask_classes else None
+    # Fresh images: the run sees iterations x batch-size generated images, each once.
+    images = ShapesSemantic(args.iterations * args.batch_size, image_size=args.size, seed=args.data_seed,
+                            mask_classes=mask_classes)
+    config = TrainConfig(iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                         warmup_iters=min(args.warmup, args.iterations), ema_decay=None, device=args.device,
+                         num_workers=args.workers, log_every=args.log_every, checkpoint_every=args.checkpoint_every,
+                         out_dir=str(args.out))
+    model_config = {**model.config.to_dict(), "kind": "semantic_pretrainer", "mask_classes": mask_classes}
+    start = time.perf_counter()
+    train(model, images, config, resume=args.resume, model_config=model_config)
+    seconds = round(time.perf_counter() - start, 1)
+    command = re.sub(r" --(resume \S+|overwrite)", "", "python -m fpnbook " + " ".join(args.argv))
+    export_backbone(Path(args.out) / "last.pt", out, mask_classes=mask_classes, command=command,
+                    train_seconds=seconds, images_seen=args.iterations * args.batch_size)
+    print(f"wrote {out} ({seconds} s)")
     return 0
 
 
@@ -290,7 +325,32 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--eval-every", type=int, default=0, help="COCO evaluation every N steps (0: at the end)")
     tr.add_argument("--checkpoint-every", type=int, default=500)
     tr.add_argument("--resume", type=Path, default=None, help="continue from this checkpoint")
+    tr.add_argument("--init", type=Path, default=None, help="start the body (and FPN) from a pretrained backbone "
+                    "file, e.g. checkpoints/backbone.pt (python -m fpnbook pretrain)")
     tr.set_defaults(run=cmd_train)
+
+    pt = verbs.add_parser("pretrain", help="pretrain a backbone (body + FPN) by segmenting freshly generated shapes")
+    pt.add_argument("--out", type=Path, required=True, help="run folder; the result is OUT/backbone.pt")
+    pt.add_argument("--backbone", choices=BACKBONES, default="tiny")
+    pt.add_argument("--fpn-channels", type=int, default=64)
+    pt.add_argument("--size", type=int, default=256, help="side of the generated images")
+    pt.add_argument("--data-seed", type=int, default=0, help="seed of the generated images")
+    pt.add_argument("--mask-classes", default=None, help="for a Mask^X R-CNN backbone: comma-separated labels whose "
+                    "shapes the labels may show; other objects are ignored over their boxes")
+    pt.add_argument("--no-objects", action="store_true", help="per-pixel labels only: no per-object branch "
+                    "(and so no box head for the detectors)")
+    pt.add_argument("--iterations", type=int, default=1000)
+    pt.add_argument("--batch-size", type=int, default=8)
+    pt.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate (warmup, then cosine)")
+    pt.add_argument("--warmup", type=int, default=100)
+    pt.add_argument("--seed", type=int, default=0)
+    pt.add_argument("--device", default="auto")
+    pt.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (they render the images)")
+    pt.add_argument("--log-every", type=int, default=20)
+    pt.add_argument("--checkpoint-every", type=int, default=250)
+    pt.add_argument("--resume", type=Path, default=None, help="continue from OUT/last.pt")
+    pt.add_argument("--overwrite", action="store_true", help="replace an existing OUT/backbone.pt")
+    pt.set_defaults(run=cmd_pretrain)
 
     ev = verbs.add_parser("eval", help="print the COCO AP table of a checkpoint")
     ev.add_argument("--checkpoint", type=Path, required=True)
