@@ -1,12 +1,13 @@
 """Box and mask AP against training minutes: fpnbook's old and new recipes and torchvision's Mask R-CNN.
 
     python benchmarks/time_to_ap.py [--minutes 30] [--eval-at 5,10,15,20,30]
-                                    [--arms fpnbook-old,fpnbook-new,torchvision] [--threads 2]
+                                    [--arms fpnbook-old,fpnbook-new,fpnbook-pretrained,torchvision]
+                                    [--init checkpoints/backbone.pt] [--threads 2]
                                     [--device auto] [--train-images 2000] [--size 256] [--batch 4]
                                     [--val-images N] [--workers 0] [--target-ap 0.145]
                                     [--out PATH] [--overwrite] [--quick]
 
-Three *arms* train one after the other in this process, each for the same wall-clock
+Four *arms* train one after the other in this process, each for the same wall-clock
 budget of ``--minutes`` training minutes, and are scored with COCO box and mask AP on the
 committed validation split (``fpnbook.data.val_paths``) at fixed minutes of training time:
 
@@ -17,6 +18,11 @@ committed validation split (``fpnbook.data.val_paths``) at fixed minutes of trai
 - ``fpnbook-new``: the same model with today's defaults, ``TrainConfig()`` and
   ``ModelConfig()`` (AdamW, cosine, EMA, 600 / 300 proposals, 128 RoIs), and the CLI's
   200 warm-up steps.
+- ``fpnbook-pretrained``: ``fpnbook-new`` started from the book's pretrained backbone
+  (``--init``, made by ``python -m fpnbook pretrain``: body, FPN and box-head fc layers).
+  The pretraining's own minutes (from the file) are added to this arm's clock: every
+  evaluation's ``total_minutes`` is its ``train_minutes`` plus them, and the minutes to a
+  target AP and the figure use ``total_minutes``.
 - ``torchvision``: torchvision's ``MaskRCNN`` around a copy of the same backbone and head
   weights (:func:`experiments.torchvision_compare.torchvision_mask_rcnn`), with
   torchvision's default proposal counts (2000 / 2000, 512 RoIs) and the recipe of its
@@ -24,7 +30,8 @@ committed validation split (``fpnbook.data.val_paths``) at fixed minutes of trai
   weight decay 1e-4 on every parameter, no gradient clipping, linear warm-up from 0.001 x
   lr over min(1000, a tenth of the run) steps, x0.1 at 16/26 and 22/26 of the run, no EMA.
 
-Everything else is shared: the initial weights (one seeded ``build``), the cached generated
+Everything else is shared: the initial weights (one seeded ``build``; the pretrained arm
+then overwrites what its file holds), the cached generated
 training split (``--train-images`` images, ``--size`` px, data seed 0) with the CLI's random
 horizontal flip, the batch, the seed (so the same images in the same order; with
 ``--workers 0`` the flips draw from the process's random stream, which the models' samplers
@@ -79,7 +86,8 @@ from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "time_to_ap.json"
-ARMS = ("fpnbook-old", "fpnbook-new", "torchvision")
+ARMS = ("fpnbook-old", "fpnbook-new", "fpnbook-pretrained", "torchvision")
+DEFAULT_INIT = ROOT / "checkpoints" / "backbone.pt"
 DEFAULT_EVAL_AT = (5.0, 10.0, 15.0, 20.0, 30.0)
 # The box AP of the checkpoint fpnbook shipped with the old recipe.
 OLD_CHECKPOINT_BOX_AP = 0.145
@@ -104,6 +112,7 @@ class Arm(NamedTuple):
     box_batch_size_per_image: int
     recipe: Callable[[int, int], dict]
     torchvision: bool = False
+    init: bool = False  # start from the pretrained backbone (--init)
 
 
 def old_recipe(iterations: int, batch_size: int) -> dict:
@@ -131,6 +140,8 @@ ARM_SPECS = {
                        2000, 2000, 512, old_recipe),
     "fpnbook-new": Arm("fpnbook-new", "fpnbook Mask R-CNN, TrainConfig()/ModelConfig() defaults: AdamW, cosine, EMA, "
                        "600/300 proposals, 128 RoIs", 600, 300, 128, new_recipe),
+    "fpnbook-pretrained": Arm("fpnbook-pretrained", "fpnbook-new started from the book's pretrained backbone "
+                              "(its pretraining minutes count)", 600, 300, 128, new_recipe, init=True),
     "torchvision": Arm("torchvision", "torchvision MaskRCNN, same backbone and initial weights, reference-script recipe: "
                        "SGD lr 0.02*batch/16, multi-step, 2000/2000 proposals, 512 RoIs", 2000, 2000, 512,
                        torchvision_recipe, torchvision=True),
@@ -152,18 +163,22 @@ def set_torchvision_counts(model, pre_nms: int, post_nms: int, rois: int) -> Non
     model.roi_heads.fg_bg_sampler.batch_size_per_image = rois
 
 
-def build_arm_model(arm: Arm, initial_state: dict, num_classes: int, image_size: int, seed: int):
-    """The arm's model with the shared initial weights."""
+def build_arm_model(arm: Arm, initial_state: dict, num_classes: int, image_size: int, seed: int,
+                    init_state: dict | None = None):
+    """The arm's model with the shared initial weights (and, for an ``init`` arm, the pretrained ones)."""
     import torch
 
     from fpnbook.models import ModelConfig, build
+    from fpnbook.pretrain import load_backbone
 
     torch.manual_seed(seed)
-    ours = build(ModelConfig(kind="mask_rcnn", num_classes=num_classes,
-                             rpn_pre_nms_top_n_train=arm.rpn_pre_nms_top_n_train,
-                             rpn_post_nms_top_n_train=arm.rpn_post_nms_top_n_train,
-                             box_batch_size_per_image=arm.box_batch_size_per_image))
+    config = ModelConfig(kind="mask_rcnn", num_classes=num_classes, rpn_pre_nms_top_n_train=arm.rpn_pre_nms_top_n_train,
+                         rpn_post_nms_top_n_train=arm.rpn_post_nms_top_n_train,
+                         box_batch_size_per_image=arm.box_batch_size_per_image)
+    ours = build(config)
     ours.load_state_dict(initial_state)
+    if arm.init:
+        load_backbone(ours, init_state, config)
     if not arm.torchvision:
         return ours
     if str(ROOT) not in sys.path:  # `experiments` lives beside `benchmarks`
@@ -279,7 +294,7 @@ def minutes_to_reach(evals: Sequence[dict], target: float) -> dict | None:
     """
     previous = None
     for entry in evals:
-        minutes, ap = entry["train_minutes"], entry.get("bbox", {}).get("AP", math.nan)
+        minutes, ap = entry.get("total_minutes", entry["train_minutes"]), entry.get("bbox", {}).get("AP", math.nan)
         if ap >= target:
             interpolated = None
             if previous is not None and ap > previous[1]:
@@ -294,11 +309,14 @@ def time_to_target(arms: dict, target: float) -> dict:
     """For ``target``: each arm's :func:`minutes_to_reach`, and the old / new ratio when both got there."""
     reached = {name: minutes_to_reach(arm.get("evals", []), target) for name, arm in arms.items()}
     out = {"arms": reached, "ratio_old_over_new": None, "ratio_basis": None}
-    old, new = reached.get("fpnbook-old"), reached.get("fpnbook-new")
-    if old and new:
-        basis = "interpolated" if old["interpolated"] and new["interpolated"] else "first_eval"
-        if new[basis] > 0:
-            out["ratio_old_over_new"], out["ratio_basis"] = round(old[basis] / new[basis], 3), basis
+    old = reached.get("fpnbook-old")
+    for name, key, basis_key in (("fpnbook-new", "ratio_old_over_new", "ratio_basis"),
+                                 ("fpnbook-pretrained", "ratio_old_over_pretrained", "ratio_basis_pretrained")):
+        new = reached.get(name)
+        if old and new:
+            basis = "interpolated" if old["interpolated"] and new["interpolated"] else "first_eval"
+            if new[basis] > 0:
+                out[key], out[basis_key] = round(old[basis] / new[basis], 3), basis
     return out
 
 
@@ -341,6 +359,8 @@ def print_table(record: dict) -> None:
         line = f"minutes to box AP {target}: " + ", ".join(parts)
         if result["ratio_old_over_new"] is not None:
             line += f"; fpnbook-old / fpnbook-new {result['ratio_old_over_new']:.2f}x"
+        if result.get("ratio_old_over_pretrained") is not None:
+            line += f"; fpnbook-old / fpnbook-pretrained {result['ratio_old_over_pretrained']:.2f}x"
         print(line)
 
 
@@ -359,16 +379,16 @@ def plot(record: dict, path: str | os.PathLike | None = None):
     axes = figure.subplots(1, 2, sharex=True)
     for ax, (iou, title) in zip(axes, (("bbox", "box AP"), ("segm", "mask AP"))):
         for name, arm in record["arms"].items():
-            points = [(e["train_minutes"], e[iou]["AP"]) for e in arm.get("evals", []) if iou in e]
+            points = [(e.get("total_minutes", e["train_minutes"]), e[iou]["AP"]) for e in arm.get("evals", []) if iou in e]
             if points:
                 ax.plot(*zip(*points), marker="o", label=name)
         if iou == "bbox":
             for target in record.get("time_to_box_ap", {}):
                 ax.axhline(float(target), color="grey", linestyle="--", linewidth=1)
         ax.set_title(title)
-        ax.set_xlabel("training minutes (evaluation not counted)")
+        ax.set_xlabel("training minutes, pretraining included (evaluation not counted)")
         ax.set_ylabel(f"COCO {title} (val)")
-        ax.set_xlim(0, max([record["minutes"]] + [e["train_minutes"] for a in record["arms"].values()
+        ax.set_xlim(0, max([record["minutes"]] + [e.get("total_minutes", e["train_minutes"]) for a in record["arms"].values()
                                                    for e in a.get("evals", [])]) * 1.03)
         top = max([e[iou]["AP"] for a in record["arms"].values() for e in a.get("evals", []) if iou in e], default=0)
         ax.set_ylim(0, max(0.05, top * 1.1, *(float(t) * 1.1 for t in record.get("time_to_box_ap", {}))))
@@ -449,6 +469,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated training minutes to evaluate at (default 5,10,15,20,30 below the budget, "
                         "and the budget; the budget is always added)")
     p.add_argument("--arms", type=arm_list, default=list(ARMS), help=f"comma-separated subset of {','.join(ARMS)}")
+    p.add_argument("--init", type=Path, default=DEFAULT_INIT, help="pretrained backbone of the fpnbook-pretrained arm "
+                   "(default checkpoints/backbone.pt)")
     p.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     p.add_argument("--train-images", type=positive_int, default=None,
@@ -514,10 +536,12 @@ def open_val_set(limit: int | None, scratch: Path):
     return CocoDataset(image_dir, path)
 
 
-def run_arm(arm: Arm, model, train_set, val_set, args, device) -> dict:
+def run_arm(arm: Arm, model, train_set, val_set, args, device, init_state: dict | None = None) -> dict:
     from fpnbook.train import evaluate_model, train
 
-    entry = {"description": arm.description, "model": type(model).__module__ + "." + type(model).__name__,
+    offset = init_state["train_seconds"] / 60 if arm.init else 0.0
+    entry = {"init": {"file": str(args.init), "command": init_state.get("command"),
+                      "train_minutes": round(offset, 3)} if arm.init else None,"description": arm.description, "model": type(model).__module__ + "." + type(model).__name__,
              "proposals": proposal_counts(model), "initial_backbone_fingerprint": backbone_fingerprint(model)}
     warmup, timed = args.probe
     step_s = probe_step_seconds(arm, model, train_set, args.batch, args.seed, device, args.workers, warmup, timed)
@@ -539,6 +563,8 @@ def run_arm(arm: Arm, model, train_set, val_set, args, device) -> dict:
     entry.update(iterations_done=clock.steps, train_minutes=round(clock.train_seconds / 60, 3),
                  eval_seconds=round(clock.eval_seconds, 1), stopped_by=clock.stopped_by or "error", evals=clock.evals,
                  loss=[[r["step"], round(r["loss"], 4), float(f"{r['lr']:.4g}")] for r in records if "loss" in r])
+    for e in entry["evals"]:
+        e["total_minutes"] = round(e["train_minutes"] + offset, 3)
     return entry
 
 
@@ -550,6 +576,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from fpnbook import __version__, data
     from fpnbook.models import ModelConfig, build
+    from fpnbook.pretrain import read_backbone
     from fpnbook.train import hardware, resolve_device
 
     torch.set_num_threads(args.threads)
@@ -566,11 +593,12 @@ def main(argv: list[str] | None = None) -> dict:
             raise SystemExit(f"the training split's categories {train_set.label_to_cat_id} differ from the val split's")
         torch.manual_seed(args.seed)
         initial = build(ModelConfig(kind="mask_rcnn", num_classes=train_set.num_classes)).state_dict()
+        init_state = read_backbone(args.init) if any(ARM_SPECS[n].init for n in args.arms) else None
         arms = {}
         for name in args.arms:
             arm = ARM_SPECS[name]
-            model = build_arm_model(arm, initial, train_set.num_classes, args.size, args.seed)
-            arms[name] = run_arm(arm, model, train_set, val_set, args, device)
+            model = build_arm_model(arm, initial, train_set.num_classes, args.size, args.seed, init_state)
+            arms[name] = run_arm(arm, model, train_set, val_set, args, device, init_state)
             del model
     record = {
         "benchmark": "time_to_ap", "command": command,

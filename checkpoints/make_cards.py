@@ -98,6 +98,7 @@ def card(name: str, run: Path, hardware_text: str, recompute: bool) -> dict:
     fresh_images, fresh_ann = data.ensure_split("val", FRESH_IMAGES, 256, seed=FRESH_SEED, progress=False)
     fresh = evaluate_model(model, data.CocoDataset(fresh_images, fresh_ann))
     evals = {}
+    logged = [r["train_seconds"] for r in read_metrics(run / "metrics.jsonl") if "train_seconds" in r]
     for entry in read_metrics(run / "metrics.jsonl"):
         for iou_type, stats in entry.get("eval", {}).items():
             evals.setdefault(iou_type, []).append((entry["step"], stats["AP"]))
@@ -116,6 +117,7 @@ def card(name: str, run: Path, hardware_text: str, recompute: bool) -> dict:
                  "split": "train", "images": count, "image_size": size, "seed": seed,
                  "cache_folder": f"shapes-v{data.GENERATOR_VERSION}-train{count}-{size}px-seed{seed}"},
         "train_seconds": summary["train_seconds"],
+        "step_seconds": logged[-1] if logged else None,
         "hardware": hardware_text,
         "fpnbook_version": fpnbook.__version__,
         "torch_version": torch.__version__,
@@ -194,6 +196,8 @@ def markdown(c: dict) -> str:
 
     rows, fresh_rows = table_rows(c["val"]), table_rows(c["fresh"])
     targets = ", ".join(f"{t} AP >= {v}" for t, v in c["targets"].items()) or "none set"
+    steps_time = (f"; {c['step_seconds']:.0f} s in training steps (evaluations excluded, every session of a "
+                  "resumed run counted)" if c.get("step_seconds") else "")
     d = c["data"]
     return f"""# `{c['file']}`: {c['model_config']['kind']}
 
@@ -207,7 +211,7 @@ no optimizer state (it cannot be resumed, retrain with the command below).
 | seed | {c['seed']} |
 | steps | {c['steps']} |
 | data | generated shapes, generator v{d['generator_version']}, {d['images']} images of {d['image_size']} px, seed {d['seed']} (`~/.cache/fpnbook/{d['cache_folder']}`) |
-| training time | {c['train_seconds']} s wall, final evaluation included |
+| training time | {c['train_seconds']} s wall, final evaluation included{steps_time} |
 | hardware | {c['hardware']} |
 | versions | fpnbook {c['fpnbook_version']}, torch {c['torch_version']} |
 

@@ -144,18 +144,28 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from .pretrain import SemanticPretrainer, ShapesSemantic, export_backbone
+    from .data import SHAPE_CLASSES
+    from .pretrain import SemanticFromInstances, SemanticPretrainer, ShapesSemantic, export_backbone
     from .train import TrainConfig, train
 
     out = Path(args.out) / "backbone.pt"
     if out.exists() and not args.overwrite and args.resume is None:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-    torch.manual_seed(args.seed)
-    model = SemanticPretrainer(backbone=args.backbone, fpn_channels=args.fpn_channels, objects=not args.no_objects)
     mask_classes = tuple(int(c) for c in args.mask_classes.split(",")) if args.mask_classes else None
-    # Fresh images: the run sees iterations x batch-size generated images, each once.
-    images = ShapesSemantic(args.iterations * args.batch_size, image_size=args.size, seed=args.data_seed,
-                            mask_classes=mask_classes)
+    if args.train_ann is not None or args.train_images is not None:
+        from torchvision.transforms import v2
+
+        instances = open_dataset(args.train_ann, args.train_images, transforms=v2.RandomHorizontalFlip(0.5),
+                                 mask_classes=set(mask_classes) if mask_classes else None)
+        images, num_classes = SemanticFromInstances(instances), instances.num_classes
+    else:
+        # Fresh images: the run sees iterations x batch-size generated images, each once.
+        images = ShapesSemantic(args.iterations * args.batch_size, image_size=args.size, seed=args.data_seed,
+                                mask_classes=mask_classes)
+        num_classes = len(SHAPE_CLASSES)
+    torch.manual_seed(args.seed)
+    model = SemanticPretrainer(backbone=args.backbone, fpn_channels=args.fpn_channels, objects=not args.no_objects,
+                               num_classes=num_classes)
     config = TrainConfig(iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                          warmup_iters=min(args.warmup, args.iterations), ema_decay=None, device=args.device,
                          num_workers=args.workers, log_every=args.log_every, checkpoint_every=args.checkpoint_every,
@@ -331,6 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     pt = verbs.add_parser("pretrain", help="pretrain a backbone (body + FPN) by segmenting freshly generated shapes")
     pt.add_argument("--out", type=Path, required=True, help="run folder; the result is OUT/backbone.pt")
+    pt.add_argument("--train-ann", type=Path, default=None, help="pretrain on your own COCO data (JSON) instead of "
+                    "generated shapes")
+    pt.add_argument("--train-images", type=Path, default=None, help="image folder of --train-ann")
     pt.add_argument("--backbone", choices=BACKBONES, default="tiny")
     pt.add_argument("--fpn-channels", type=int, default=64)
     pt.add_argument("--size", type=int, default=256, help="side of the generated images")

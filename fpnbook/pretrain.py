@@ -82,18 +82,54 @@ class ShapesSemantic(torch.utils.data.Dataset):
             raise IndexError(f"image {index} of {self.size}")
         rng = np.random.default_rng([self.seed, zlib.crc32(b"pretrain"), index])
         pixels, masks, categories = render_image(self.image_size, rng)
-        label = np.zeros(pixels.shape[:2], dtype=np.int64)
-        for mask, category in zip(masks, categories):
-            label[mask] = category  # masks never overlap
-        if self.mask_classes is not None:
-            for mask, category in zip(masks, categories):
-                if category not in self.mask_classes:
-                    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-                    label[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1] = IGNORE
-        image = torch.from_numpy(pixels).permute(2, 0, 1).float().div_(255)
-        boxes = masks_to_boxes(torch.from_numpy(masks)) + torch.tensor([0.0, 0.0, 1.0, 1.0])  # pixel edges
+        masks = torch.from_numpy(masks)
         labels = torch.as_tensor(categories, dtype=torch.int64)
-        return image, {"semantic": torch.from_numpy(label), "boxes": boxes, "labels": labels}
+        boxes = masks_to_boxes(masks) + torch.tensor([0.0, 0.0, 1.0, 1.0])  # pixel edges
+        has_mask = None if self.mask_classes is None else torch.isin(labels, torch.tensor(self.mask_classes))
+        image = torch.from_numpy(pixels).permute(2, 0, 1).float().div_(255)
+        return image, {"semantic": semantic_labels(masks, boxes, labels, has_mask), "boxes": boxes, "labels": labels}
+
+
+def semantic_labels(masks: Tensor, boxes: Tensor, labels: Tensor, has_mask: Tensor | None = None) -> Tensor:
+    """One label map from instance masks: int64 Tensor[H, W], 0 background, ``labels[i]`` on mask ``i``.
+
+    ``masks`` Tensor[N, H, W] (bool or 0/1), ``boxes`` Tensor[N, 4] x0 y0 x1 y1 pixels,
+    ``labels`` int64 Tensor[N]. An object without a mask (``has_mask[i]`` False, or an
+    empty mask) gets :data:`IGNORE` over its box: its pixels are unknown, not background.
+    Where masks overlap, the later one wins.
+    """
+    height, width = masks.shape[-2:]
+    label = torch.zeros(height, width, dtype=torch.int64)
+    masks = masks.bool()
+    known = masks.flatten(1).any(1) if has_mask is None else has_mask.bool() & masks.flatten(1).any(1)
+    for mask, category in zip(masks[known], labels[known]):
+        label[mask] = category
+    for box in boxes[~known]:
+        x0, y0 = (int(v) for v in box[:2].floor().clamp(min=0))
+        x1, y1 = int(box[2].ceil().clamp(max=width)), int(box[3].ceil().clamp(max=height))
+        label[y0:y1, x0:x1] = IGNORE
+    return label
+
+
+class SemanticFromInstances(torch.utils.data.Dataset):
+    """Pretraining items from an instance dataset (e.g. :class:`fpnbook.data.CocoDataset` of your own images).
+
+    Item ``i`` is ``(image, {"semantic", "boxes", "labels"})`` as in :class:`ShapesSemantic`,
+    the label map made by :func:`semantic_labels` from ``dataset[i]``'s masks (its
+    ``has_mask``, when it has one, marks the objects whose masks may be used).
+    """
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, dict]:
+        image, target = self.dataset[index]
+        boxes, labels = target["boxes"].as_subclass(Tensor).float(), target["labels"]
+        semantic = semantic_labels(target["masks"].as_subclass(Tensor), boxes, labels, target.get("has_mask"))
+        return image.as_subclass(Tensor), {"semantic": semantic, "boxes": boxes, "labels": labels}
 
 
 class SemanticPretrainer(nn.Module):
@@ -213,6 +249,7 @@ def backbone_state(model: SemanticPretrainer, mask_classes: Sequence[int] | None
         "backbone": model.config.backbone,
         "norm": model.config.norm,
         "fpn_channels": model.config.fpn_channels,
+        "num_classes": model.config.num_classes,
         "body": model.backbone.backbone.state_dict(),
         "fpn": model.backbone.fpn.state_dict(),
         "head": model.head.state_dict(),
@@ -234,7 +271,7 @@ def export_backbone(checkpoint: str | os.PathLike, out: str | os.PathLike, **ext
     if config.get("kind") != "semantic_pretrainer":
         raise ValueError(f"{checkpoint} is not a checkpoint of `fpnbook pretrain` (kind {config.get('kind')!r})")
     model = SemanticPretrainer(backbone=config["backbone"], norm=config["norm"], fpn_channels=config["fpn_channels"],
-                               objects="box_head.fc6.weight" in state["model"])
+                               objects="box_head.fc6.weight" in state["model"], num_classes=config["num_classes"])
     model.load_state_dict(state["model"])
     payload = backbone_state(model, steps=state["step"], **extra)
     _atomic_save(payload, Path(out))
@@ -256,7 +293,7 @@ def read_backbone(path: str | os.PathLike) -> dict:
 def pretrainer_from_state(state: Mapping) -> SemanticPretrainer:
     """The :class:`SemanticPretrainer` a backbone file was saved from, in eval mode."""
     model = SemanticPretrainer(backbone=state["backbone"], norm=state["norm"], fpn_channels=state["fpn_channels"],
-                               objects="box_head" in state)
+                               objects="box_head" in state, num_classes=state.get("num_classes", len(SHAPE_CLASSES)))
     model.backbone.backbone.load_state_dict(state["body"])
     model.backbone.fpn.load_state_dict(state["fpn"])
     model.head.load_state_dict(state["head"])
@@ -308,7 +345,7 @@ def segmentation_scores(model: SemanticPretrainer, dataset: ShapesSemantic, batc
     "iou": {class name: IoU}}``, all in 0..1.
     """
     model.eval()
-    classes = len(SHAPE_CLASSES) + 1
+    classes = model.config.num_classes + 1
     confusion = torch.zeros(classes, classes, dtype=torch.int64)
     for start in range(0, len(dataset), batch_size):
         images, targets = zip(*(dataset[i] for i in range(start, min(start + batch_size, len(dataset)))))
@@ -320,7 +357,7 @@ def segmentation_scores(model: SemanticPretrainer, dataset: ShapesSemantic, batc
             confusion += torch.bincount(label[keep] * classes + predicted[keep], minlength=classes**2).view(classes, classes)
     union = confusion.sum(0) + confusion.sum(1) - confusion.diag()
     iou = confusion.diag() / union.clamp(min=1)
-    names = ("background", *SHAPE_CLASSES)
+    names = ("background", *SHAPE_CLASSES) if classes == len(SHAPE_CLASSES) + 1 else ("background", *map(str, range(1, classes)))
     return {"pixel_accuracy": (confusion.diag().sum() / confusion.sum().clamp(min=1)).item(),
             "mean_iou": iou[union > 0].mean().item(), "iou": {n: round(v.item(), 4) for n, v in zip(names, iou)}}
 

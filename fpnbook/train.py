@@ -284,17 +284,19 @@ def _atomic_save(obj, path: Path) -> None:
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer=None, scheduler=None, scaler=None,
                     step: int = 0, config: TrainConfig | None = None, model_config: dict | None = None,
-                    ema: ModelEMA | None = None) -> Path:
+                    ema: ModelEMA | None = None, train_seconds: float = 0.0) -> Path:
     """Write model, optimizer, scheduler, EMA, RNG state and step to ``path`` atomically.
 
     ``model`` holds the raw (trained) weights, which resuming needs; with ``ema`` the
     averaged weights go under ``"ema"`` and :func:`export_weights` ships those.
+    ``train_seconds``: the training time so far, which a resumed run continues from.
     """
     model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     payload = {
         "format": "fpnbook-checkpoint-1",
         "fpnbook_version": __version__,
         "step": step,
+        "train_seconds": round(float(train_seconds), 2),
         "model": model.state_dict(),
         "model_config": model_config,
         "train_config": dataclasses.asdict(config) if config else None,
@@ -331,7 +333,7 @@ def export_weights(checkpoint: str | os.PathLike, out: str | os.PathLike, **extr
     be resumed. ``extra`` adds JSON-like fields (e.g. ``command=...``) to the file.
     """
     state = load_checkpoint(checkpoint)
-    keep = ("format", "fpnbook_version", "step", "model", "model_config", "train_config")
+    keep = ("format", "fpnbook_version", "step", "train_seconds", "model", "model_config", "train_config")
     payload = {key: state.get(key) for key in keep}
     weights = state["ema"]["module"] if state.get("ema") else state["model"]
     payload["model"] = {name: tensor.contiguous().clone() for name, tensor in weights.items()}
@@ -373,8 +375,8 @@ def train(model: nn.Module, dataset, config: TrainConfig, val_dataset=None, resu
 
     With ``config.out_dir`` it writes ``metrics.jsonl`` and ``last.pt`` there (and a
     checkpoint every ``checkpoint_every`` steps). ``resume`` continues from a checkpoint.
-    Each log record has ``train_seconds``, the training time of this process so far
-    (evaluations excluded). ``callback(step, evaluated_model)`` runs after every step (``step`` counts the steps
+    Each log record has ``train_seconds``, the run's training time so far (evaluations
+    excluded; a resumed run continues the count its checkpoint saved). ``callback(step, evaluated_model)`` runs after every step (``step`` counts the steps
     done; the model is the EMA when there is one); when it returns True training stops
     there, checkpointed, as if ``iterations`` had been reached (``benchmarks/time_to_ap.py``
     uses it to evaluate at fixed minutes).
@@ -392,7 +394,7 @@ def train(model: nn.Module, dataset, config: TrainConfig, val_dataset=None, resu
     ema = ModelEMA(model, config.ema_decay) if config.ema_decay is not None else None
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(step, config))
     scaler = torch.amp.GradScaler("cuda", enabled=config.amp and device.type == "cuda")
-    start = 0
+    start, resumed_seconds = 0, 0.0
     if resume is not None:
         state = load_checkpoint(resume)
         check_resumable(state, resume, config, model_config)
@@ -405,6 +407,7 @@ def train(model: nn.Module, dataset, config: TrainConfig, val_dataset=None, resu
             scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"]["torch"])
         start = int(state["step"])
+        resumed_seconds = float(state.get("train_seconds", 0.0))
     train_model = nn.parallel.DistributedDataParallel(model) if distributed else model
     sampler = StepBatchSampler(len(dataset), config.batch_size, config.seed, start, config.iterations, rank, world_size)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
@@ -424,14 +427,17 @@ def train(model: nn.Module, dataset, config: TrainConfig, val_dataset=None, resu
 
     def checkpoint(step: int) -> None:
         if out_dir:
-            save_checkpoint(out_dir / "last.pt", model, optimizer, scheduler, scaler, step, config, model_config, ema)
+            so_far = train_seconds + time.perf_counter() - tic  # what the next log line would say
+            save_checkpoint(out_dir / "last.pt", model, optimizer, scheduler, scaler, step, config, model_config, ema,
+                            train_seconds=so_far)
 
     def evaluated() -> nn.Module:
         return ema.module if ema is not None else model
 
     bar = tqdm(total=config.iterations, initial=start, disable=not config.progress or rank != 0, unit="step")
     train_model.train()
-    tic, seen, train_seconds = time.perf_counter(), 0, 0.0
+    # A resumed run's clock continues from its checkpoint's, so logs and cards count every session.
+    tic, seen, train_seconds = time.perf_counter(), 0, resumed_seconds
     try:
         for step, (images, targets) in enumerate(loader, start=start):
             images, targets = move_to(images, targets, device)

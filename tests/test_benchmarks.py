@@ -121,6 +121,13 @@ def test_time_to_ap_clock_and_summary(tmp_path, monkeypatch):
     assert result["arms"]["fpnbook-new"] == {"first_eval": 5, "interpolated": None}  # reached by the first evaluation
     assert result["ratio_old_over_new"] == pytest.approx(4) and result["ratio_basis"] == "first_eval"
     assert time_to_ap.time_to_target(arms, 0.5)["arms"]["fpnbook-old"] is None
+    # A pretrained arm's clock starts at its pretraining minutes: total_minutes, not train_minutes, counts.
+    arms["fpnbook-pretrained"] = {"evals": [{"train_minutes": 1, "total_minutes": 5, "bbox": {"AP": 0.1}},
+                                            {"train_minutes": 2, "total_minutes": 6, "bbox": {"AP": 0.2}}]}
+    result = time_to_ap.time_to_target(arms, 0.145)
+    assert result["arms"]["fpnbook-pretrained"]["interpolated"] == pytest.approx(5.45)
+    assert result["ratio_old_over_pretrained"] == pytest.approx(14.5 / 5.45, abs=1e-3)
+    assert result["ratio_basis_pretrained"] == "interpolated"
     record = {"minutes": 20, "arms": {n: {"evals": [{**e, "segm": e["bbox"]} for e in a["evals"]]} for n, a in arms.items()},
               "time_to_box_ap": {"0.145": result}, "hardware": "test", "threads": 1, "batch_size": 4}
     time_to_ap.plot(record, tmp_path / "figure.png")

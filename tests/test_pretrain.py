@@ -6,9 +6,11 @@ import torch
 from torchvision.ops import box_iou
 
 from fpnbook.cli import main
+from fpnbook.data import CocoDataset
 from fpnbook.models import ModelConfig, build
-from fpnbook.pretrain import (IGNORE, SemanticPretrainer, ShapesSemantic, backbone_state, jitter_boxes, load_backbone,
-                              object_accuracy, pretrainer_from_state, read_backbone, segmentation_scores)
+from fpnbook.pretrain import (IGNORE, SemanticFromInstances, SemanticPretrainer, ShapesSemantic, backbone_state,
+                              jitter_boxes, load_backbone, object_accuracy, pretrainer_from_state, read_backbone,
+                              segmentation_scores, semantic_labels)
 
 
 def test_labels_are_the_masks_classes():
@@ -215,3 +217,27 @@ def test_pixels_only_pretrainer_saves_and_loads_without_a_box_head():
     assert load_backbone(build(config), state, config) == ["body", "fpn"]
     with pytest.raises(ValueError, match="per-object"):
         object_accuracy(model, ShapesSemantic(2, image_size=64))
+
+
+def test_semantic_labels_ignore_objects_without_masks():
+    masks = torch.zeros(2, 8, 8, dtype=torch.bool)
+    masks[0, 1:3, 1:3] = True
+    masks[1, 5:7, 4:8] = True
+    boxes = torch.tensor([[1.0, 1.0, 3.0, 3.0], [4.0, 5.0, 8.0, 7.0]])
+    label = semantic_labels(masks, boxes, torch.tensor([2, 5]), has_mask=torch.tensor([True, False]))
+    assert (label[1:3, 1:3] == 2).all() and (label[5:7, 4:8] == IGNORE).all()
+    assert (label == 0).sum() == 64 - 4 - 8
+    empty = semantic_labels(torch.zeros(1, 8, 8), boxes[:1], torch.tensor([3]))  # an object with no mask drawn
+    assert (empty[1:3, 1:3] == IGNORE).all()
+
+
+def test_cli_pretrains_on_coco_data(tmp_path):
+    data = tmp_path / "data"
+    assert main(["data", "--out", str(data), "--train", "2", "--val", "1", "--size", "64"]) == 0
+    out = tmp_path / "backbone"
+    assert main(["pretrain", "--out", str(out), "--iterations", "1", "--batch-size", "2", "--warmup", "1",
+                 "--train-ann", str(data / "train.json"), "--train-images", str(data / "train")]) == 0
+    assert read_backbone(out / "backbone.pt")["num_classes"] == 8
+    items = SemanticFromInstances(CocoDataset(data / "train", data / "train.json"))
+    image, target = items[0]
+    assert target["semantic"].shape == image.shape[1:] and set(target) == {"semantic", "boxes", "labels"}

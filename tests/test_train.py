@@ -108,6 +108,18 @@ def test_resume_reaches_the_same_weights(tmp_path, recipe):
         assert raw_a["ema"]["updates"] == raw_b["ema"]["updates"] == 12
 
 
+def test_resumed_run_continues_the_training_clock(tmp_path):
+    model = ToyDetector()
+    model.blow_up_at = 6
+    with pytest.raises(FloatingPointError):
+        T.train(model, ToyDataset(), config(tmp_path, checkpoint_every=5, log_every=1))
+    saved = T.load_checkpoint(tmp_path / "last.pt")["train_seconds"]
+    logged = T.read_metrics(tmp_path / "metrics.jsonl")
+    assert saved >= logged[4]["train_seconds"] > 0  # the step-5 checkpoint counts the steps before it
+    records = T.train(ToyDetector(), ToyDataset(), config(tmp_path, log_every=1), resume=tmp_path / "last.pt")
+    assert records[0]["step"] == 6 and records[0]["train_seconds"] >= saved
+
+
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     model = ToyDetector()
     model.blow_up_at = 7
