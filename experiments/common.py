@@ -56,8 +56,13 @@ def write_record(path: Path, record: dict) -> None:
 
 
 def main(name: str, run: Callable[[argparse.Namespace], dict], build_parser: Callable[[], argparse.ArgumentParser],
-         argv: list[str] | None = None) -> dict:
-    """Parse arguments, seed, time ``run(args)``, and write its record. Returns the record."""
+         argv: list[str] | None = None, cumulative: bool = False) -> dict:
+    """Parse arguments, seed, time ``run(args)``, and write its record. Returns the record.
+
+    ``cumulative``: the experiment adds to the record already at its path (as
+    ``experiments/recipe.py`` does), so the record keeps that record's ``commands`` (every
+    command that wrote to it, this one appended) and its ``note``.
+    """
     args = build_parser().parse_args(argv)
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -76,6 +81,11 @@ def main(name: str, run: Callable[[argparse.Namespace], dict], build_parser: Cal
         "metrics": metrics,
     }
     path = result_path(name, args)
+    if cumulative and path.exists() and not args.smoke:
+        previous = json.loads(path.read_text())
+        record["commands"] = previous.get("commands", [previous.get("command")]) + [record["command"]]
+        if previous.get("note"):
+            record["note"] = previous["note"]
     write_record(path, record)
     print(f"wrote {path}")
     return record

@@ -21,9 +21,12 @@ or against ``old`` (the first edition's SGD recipe with COCO-sized proposal coun
 - ``new``: AdamW lr 1e-3, wd 0.05 on weights only, warmup 100 then cosine, EMA 0.999, 600/300/128;
 - ``new-lr2e-3``, ``new-lr5e-4``: the peak learning rate;
 - ``new-coco-sized``: ``new`` with 2000/2000/512 (what sizing costs in AP per step);
-- ``pretrained``: ``new``, started from the book's pretrained backbone (``--init``, made by
-  ``python -m fpnbook pretrain``; its training seconds are recorded beside the run's, since
-  they count in the budget).
+- ``pretrained``: ``new``, started from the book's pretrained backbone
+  (``checkpoints/backbone.pt``, made by ``python -m fpnbook pretrain``: body, FPN and the
+  box head's fc layers); its pretraining seconds are recorded beside the run's, since they
+  count in the budget;
+- ``pretrained-pixels``: the same from ``checkpoints/backbone_pixels.pt``, pretrained with
+  per-pixel labels only (``--no-objects``: body and FPN).
 
 The record is rewritten after every run, and a run already in the record at ``--out``
 is skipped, so a stopped sweep continues where it stopped (``--out`` the same file).
@@ -34,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
 from torchvision.transforms import v2
@@ -45,6 +49,7 @@ from fpnbook.pretrain import load_backbone, read_backbone
 from fpnbook.train import DETECTRON_RECIPE, TrainConfig, evaluate_model, train
 
 NAME = "recipe"
+ROOT = Path(__file__).resolve().parents[1]
 OLD_SIZING, OLD_RECIPE = COCO_SIZING, DETECTRON_RECIPE
 # name -> (TrainConfig overrides, ModelConfig overrides)
 VARIANTS: dict[str, tuple[dict, dict]] = {
@@ -56,8 +61,10 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "new-lr5e-4": (dict(lr=5e-4), {}),
     "new-coco-sized": ({}, OLD_SIZING),
     "pretrained": ({}, {}),
+    "pretrained-pixels": ({}, {}),
 }
-PRETRAINED = {"pretrained"}  # variants that start from --init
+# variants that start from a pretrained backbone, and its file
+PRETRAINED = {"pretrained": "checkpoints/backbone.pt", "pretrained-pixels": "checkpoints/backbone_pixels.pt"}
 DEFAULT_VARIANTS = ("old", "old-sized", "adamw-no-ema", "new")
 
 
@@ -69,7 +76,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-images", type=int, default=2000)
     p.add_argument("--decision-images", type=int, default=256)
     p.add_argument("--decision-seed", type=int, default=101, help="seed of the generated decision split")
-    p.add_argument("--init", default="checkpoints/backbone.pt", help="pretrained backbone of the pretrained variants")
     return p
 
 
@@ -84,9 +90,9 @@ def run_one(variant: str, seed: int, args: argparse.Namespace, train_set, decisi
     model = build(model_config)
     extra = {}
     if variant in PRETRAINED:
-        backbone = read_backbone(args.init)
+        backbone = read_backbone(ROOT / PRETRAINED[variant])
         load_backbone(model, backbone, model_config)
-        extra = {"init": str(args.init), "init_train_seconds": backbone.get("train_seconds"),
+        extra = {"init": PRETRAINED[variant], "init_train_seconds": backbone.get("train_seconds"),
                  "init_command": backbone.get("command")}
     start = time.perf_counter()
     train(model, train_set, config)
@@ -118,9 +124,10 @@ def run(args: argparse.Namespace) -> dict:
     decision_set = data.CocoDataset(*data.ensure_split("val", args.decision_images, 256, seed=args.decision_seed,
                                                        progress=False))
     path = common.result_path(NAME, args)
-    done = []
+    done, envelope = [], {}
     if path.exists() and not args.smoke:
-        done = json.loads(path.read_text())["metrics"]["runs"]
+        envelope = json.loads(path.read_text())  # its commands and note stay (common.main, cumulative)
+        done = envelope["metrics"]["runs"]
     for seed in args.seeds:
         for variant in args.variants:
             if any(r["variant"] == variant and r["seed"] == seed and r.get("iterations") == args.iterations
@@ -131,14 +138,14 @@ def run(args: argparse.Namespace) -> dict:
             print(f"{variant:<16} seed {seed}: box AP {result['bbox']['AP']:.3f}, mask AP {result['segm']['AP']:.3f}, "
                   f"{result['seconds_per_step']:.2f} s/step", flush=True)
             if not args.smoke:  # keep what is done if the sweep stops
-                common.write_record(path, {"experiment": NAME, "partial": True, "smoke": False,
-                                           "metrics": {"runs": done}})
+                common.write_record(path, {**envelope, "experiment": NAME, "partial": True, "smoke": False,
+                                           "metrics": {**envelope.get("metrics", {}), "runs": done}})
     return {"decision_split": {"images": args.decision_images, "seed": args.decision_seed, "image_size": 256},
             "train_images": args.train_images, "runs": done, "summary": summarise([r for r in done if r["iterations"] == args.iterations])}
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return common.main(NAME, run, build_parser, argv)
+    return common.main(NAME, run, build_parser, argv, cumulative=True)
 
 
 if __name__ == "__main__":
