@@ -366,10 +366,10 @@ figure
 # %% [markdown]
 # ## 4. The shipped checkpoints (`checkpoints/`, `fpnbook.cli`)
 #
-# `checkpoints/` holds three small models trained with the command line, each with a
-# card (`checkpoints/NAME.md`, and all of them in `checkpoints/cards.json`): the exact
-# command, seed, data, training time, hardware and COCO AP on the committed
-# validation split. `tests/test_checkpoints.py` re-evaluates each file against its card
+# `checkpoints/` holds three small models trained with the command line, and the
+# pretrained backbones they start from, each with a card (`checkpoints/NAME.md`, and all
+# of them in `checkpoints/cards.json`): the exact command, seed, data, training time,
+# hardware and COCO AP on the committed validation split. `tests/test_checkpoints.py` re-evaluates each file against its card
 # and runs each card's command for two steps.
 
 # %%
