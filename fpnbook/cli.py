@@ -59,6 +59,16 @@ def load_model(checkpoint: Path):
 # ---------------------------------------------------------------- verbs
 
 
+def parse_labels(text: str | None, flag: str = "--mask-classes") -> tuple[int, ...] | None:
+    """``"1,3,6"`` -> ``(1, 3, 6)``; None or empty -> None. ValueError naming ``flag`` otherwise."""
+    if not text:
+        return None
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"{flag} must be comma-separated integer labels such as 1,3,6, got {text!r}") from None
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     if args.from_labelme is not None:
         from .labelme import labelme_to_coco
@@ -103,7 +113,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     rank, device = setup_distributed()
     if args.device != "auto":
         device = args.device
-    mask_classes = tuple(int(c) for c in args.mask_classes.split(",")) if args.mask_classes else None
+    mask_classes = parse_labels(args.mask_classes)
     model_config = ModelConfig(kind=args.model, num_classes=args.num_classes, backbone=args.backbone,
                                fpn_channels=args.fpn_channels, mask_classes=mask_classes,
                                rpn_pre_nms_top_n_train=args.rpn_pre_nms_top_n,
@@ -151,7 +161,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     out = Path(args.out) / "backbone.pt"
     if out.exists() and not args.overwrite and args.resume is None:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-    mask_classes = tuple(int(c) for c in args.mask_classes.split(",")) if args.mask_classes else None
+    mask_classes = parse_labels(args.mask_classes)
     if args.train_ann is not None or args.train_images is not None:
         from torchvision.transforms import v2
 
@@ -171,13 +181,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
                          num_workers=args.workers, log_every=args.log_every, checkpoint_every=args.checkpoint_every,
                          out_dir=str(args.out))
     model_config = {**model.config.to_dict(), "kind": "semantic_pretrainer", "mask_classes": mask_classes}
-    start = time.perf_counter()
     train(model, images, config, resume=args.resume, model_config=model_config)
-    seconds = round(time.perf_counter() - start, 1)
     command = re.sub(r" --(resume \S+|overwrite)", "", "python -m fpnbook " + " ".join(args.argv))
-    export_backbone(Path(args.out) / "last.pt", out, mask_classes=mask_classes, command=command,
-                    train_seconds=seconds, images_seen=args.iterations * args.batch_size)
-    print(f"wrote {out} ({seconds} s)")
+    state = export_backbone(Path(args.out) / "last.pt", out, command=command, images_seen=args.iterations * args.batch_size)
+    print(f"wrote {out} ({state['train_seconds']:.0f} s of training)")
     return 0
 
 

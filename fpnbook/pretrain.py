@@ -262,7 +262,8 @@ def backbone_state(model: SemanticPretrainer, mask_classes: Sequence[int] | None
 def export_backbone(checkpoint: str | os.PathLike, out: str | os.PathLike, **extra) -> dict:
     """Write the backbone file of a ``fpnbook pretrain`` run from its ``last.pt``, atomically.
 
-    ``extra`` adds fields (``command``, ``train_seconds``, ...). Returns what was written.
+    ``mask_classes``, ``steps`` and ``train_seconds`` (every session of a resumed run
+    counted) come from the checkpoint; ``extra`` adds fields (``command``, ``mask_classes``, ...). Returns what was written.
     """
     from .train import _atomic_save, load_checkpoint
 
@@ -273,7 +274,8 @@ def export_backbone(checkpoint: str | os.PathLike, out: str | os.PathLike, **ext
     model = SemanticPretrainer(backbone=config["backbone"], norm=config["norm"], fpn_channels=config["fpn_channels"],
                                objects="box_head.fc6.weight" in state["model"], num_classes=config["num_classes"])
     model.load_state_dict(state["model"])
-    payload = backbone_state(model, steps=state["step"], **extra)
+    payload = backbone_state(model, **{"mask_classes": config.get("mask_classes"), "steps": state["step"],
+                                       "train_seconds": state.get("train_seconds"), **extra})
     _atomic_save(payload, Path(out))
     return payload
 

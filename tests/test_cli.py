@@ -121,3 +121,9 @@ def test_train_rejects_bad_recipe_options(tiny_data, tmp_path, capsys, flags, me
     else:
         assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_bad_mask_classes_name_the_flag(tiny_data, tmp_path, capsys):
+    argv = ["pretrain", "--out", str(tmp_path / "b"), "--iterations", "1", "--mask-classes", "1,a"]
+    assert main(argv) == 2
+    assert "--mask-classes must be comma-separated integer labels" in capsys.readouterr().err

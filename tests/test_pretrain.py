@@ -127,6 +127,7 @@ def test_cli_pretrain_then_train_from_it(tmp_path, capsys):
                  "--warmup", "1", "--log-every", "1"]) == 0
     state = read_backbone(out / "backbone.pt")
     assert state["steps"] == 2 and state["command"].startswith("python -m fpnbook pretrain")
+    assert state["train_seconds"] > 0  # from the checkpoint: training only, resumed sessions included
     assert main(["pretrain", "--out", str(out), "--iterations", "2", "--size", "64"]) == 2
     assert "--overwrite" in capsys.readouterr().err
     data = tmp_path / "data"
@@ -241,3 +242,13 @@ def test_cli_pretrains_on_coco_data(tmp_path):
     items = SemanticFromInstances(CocoDataset(data / "train", data / "train.json"))
     image, target = items[0]
     assert target["semantic"].shape == image.shape[1:] and set(target) == {"semantic", "boxes", "labels"}
+
+
+def test_cli_mask_x_backbone_records_its_mask_classes(tmp_path):
+    out = tmp_path / "mask_x"
+    assert main(["pretrain", "--out", str(out), "--iterations", "1", "--batch-size", "2", "--size", "64",
+                 "--warmup", "1", "--mask-classes", "3,1"]) == 0
+    state = read_backbone(out / "backbone.pt")
+    assert state["mask_classes"] == [1, 3]
+    config = ModelConfig(kind="mask_x_rcnn", mask_classes=(1, 3))
+    assert load_backbone(build(config), state, config) == ["body", "fpn", "box_head"]
