@@ -571,13 +571,12 @@ def run_arm(arm: Arm, model, train_set, val_set, args, device, init_state: dict 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     import torch
-    import torchvision
     from torchvision.transforms import v2
 
-    from fpnbook import __version__, data
+    from fpnbook import data
     from fpnbook.models import ModelConfig, build
     from fpnbook.pretrain import read_backbone
-    from fpnbook.train import hardware, resolve_device
+    from fpnbook.train import resolve_device
 
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -600,7 +599,29 @@ def main(argv: list[str] | None = None) -> dict:
             model = build_arm_model(arm, initial, train_set.num_classes, args.size, args.seed, init_state)
             arms[name] = run_arm(arm, model, train_set, val_set, args, device, init_state)
             del model
-    record = {
+            # A long run keeps what it has measured: the record is rewritten after every arm,
+            # with the arms still to run listed, so an interrupted run loses one arm at most.
+            record = make_record(args, command, device, ann_file, val_set, arms)
+            record["arms_pending"] = [n for n in args.arms if n not in arms]
+            write_json(record, args.out)
+    record = make_record(args, command, device, ann_file, val_set, arms)
+    print_table(record)
+    write_json(record, args.out)
+    figure_path = args.out.with_suffix(".png")
+    plot(record, figure_path)
+    print(f"wrote {args.out} and {figure_path}")
+    return record
+
+
+def make_record(args, command: str, device, ann_file, val_set, arms: dict) -> dict:
+    """The JSON record of a run: its settings, environment and the arms measured so far."""
+    import torch
+    import torchvision
+
+    from fpnbook import __version__
+    from fpnbook.train import hardware
+
+    return {
         "benchmark": "time_to_ap", "command": command,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "quick": args.quick, "device": str(device), "hardware": hardware(), "threads": torch.get_num_threads(),
@@ -613,12 +634,6 @@ def main(argv: list[str] | None = None) -> dict:
         "eval_at": args.eval_at, "arms": arms,
         "time_to_box_ap": {f"{t:g}": time_to_target(arms, t) for t in args.target_ap},
     }
-    print_table(record)
-    write_json(record, args.out)
-    figure_path = args.out.with_suffix(".png")
-    plot(record, figure_path)
-    print(f"wrote {args.out} and {figure_path}")
-    return record
 
 
 if __name__ == "__main__":
