@@ -41,7 +41,10 @@ interface; on CUDA it adds mixed precision for every arm).
 
 **The clock.** Training time is wall-clock time from the call to ``train`` minus the time
 spent evaluating (measured with ``time.perf_counter`` in the loop's per-step callback; on
-CUDA after a synchronisation). When it passes one of the ``--eval-at`` minutes the model
+CUDA after a synchronisation). ``--clock cpu`` counts this process's CPU time instead
+(``time.process_time``; one thread, data loaded in the process): on cores that other work
+shares, wall time would charge an arm for whatever else ran while it trained, and CPU
+time is what it actually got. On an idle core the two agree. When it passes one of the ``--eval-at`` minutes the model
 that ``train`` evaluates (the EMA when there is one) is scored; when it passes the budget
 the arm is scored a last time and stopped. The budget is always an evaluation point.
 
@@ -93,6 +96,9 @@ DEFAULT_EVAL_AT = (5.0, 10.0, 15.0, 20.0, 30.0)
 OLD_CHECKPOINT_BOX_AP = 0.145
 QUICK = {"minutes": 0.25, "train_images": 8, "size": 128, "val_images": 4, "probe": (1, 2)}
 PROBE = (2, 8)  # warm-up steps, timed steps
+# "cpu" is this process's CPU time: on a machine whose cores other work shares, it is the
+# compute the arm actually got, so arms timed at different moments stay comparable.
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 # ---------------------------------------------------------------- the arms
@@ -217,7 +223,7 @@ def train_config(arm: Arm, iterations: int, batch_size: int, seed: int, device, 
 
 
 def probe_step_seconds(arm: Arm, model, train_set, batch_size: int, seed: int, device, workers: int,
-                       warmup: int, timed: int) -> float:
+                       warmup: int, timed: int, now: Callable[[], float] = time.perf_counter) -> float:
     """Seconds per training step of ``arm``: ``warmup`` steps, then the mean of ``timed`` steps, on a copy."""
     from fpnbook.train import train
 
@@ -225,7 +231,7 @@ def probe_step_seconds(arm: Arm, model, train_set, batch_size: int, seed: int, d
 
     def tick(done: int, _model) -> None:
         synchronize(device)
-        stamps.append(time.perf_counter())
+        stamps.append(now())
 
     config = train_config(arm, warmup + timed, batch_size, seed, device, workers, log_every=0)
     train(copy.deepcopy(model), train_set, config, callback=tick)
@@ -241,12 +247,15 @@ def ap_summary(results: dict) -> dict:
 class BudgetClock:
     """The per-step callback of one arm's run: training seconds, evaluations at the marks, the stop.
 
-    Training seconds are the wall time since :meth:`start` minus the evaluations' time.
-    ``evaluate(model) -> dict`` scores a model. Call :meth:`start` right before ``train``.
+    Training seconds are the time on ``now`` (wall clock, or this process's CPU time) since
+    :meth:`start` minus the evaluations' time. ``evaluate(model) -> dict`` scores a model.
+    Call :meth:`start` right before ``train``.
     """
 
     def __init__(self, marks_min: Sequence[float], budget_min: float, iterations: int,
-                 evaluate: Callable, device, report: Callable[[str], None] = print) -> None:
+                 evaluate: Callable, device, report: Callable[[str], None] = print,
+                 now: Callable[[], float] = time.perf_counter) -> None:
+        self.now = now
         self.pending = sorted(marks_min)
         self.budget_s, self.iterations = budget_min * 60, iterations
         self.evaluate, self.device, self.report = evaluate, device, report
@@ -258,18 +267,18 @@ class BudgetClock:
 
     def start(self) -> None:
         synchronize(self.device)
-        self.started = time.perf_counter()
+        self.started = self.now()
 
     def __call__(self, done: int, model) -> bool:
         synchronize(self.device)
-        trained = time.perf_counter() - self.started - self.eval_seconds
+        trained = self.now() - self.started - self.eval_seconds
         self.steps, self.train_seconds = done, trained
         over, last = trained >= self.budget_s, done >= self.iterations
         due = list(self.pending) if over or last else [m for m in self.pending if m * 60 <= trained]
         if due:
-            tic = time.perf_counter()
+            tic = self.now()
             scores = self.evaluate(model)
-            seconds = time.perf_counter() - tic
+            seconds = self.now() - tic
             self.eval_seconds += seconds
             for mark in due:
                 self.evals.append({"minute": mark, "train_minutes": round(trained / 60, 3), "step": done,
@@ -488,6 +497,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help=f"record JSON (default {DEFAULT_OUT.relative_to(ROOT)}; "
                    "the figure goes beside it as .png)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out (and its .png)")
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                   help="wall: wall-clock seconds (default); cpu: this process's CPU seconds, for a CPU run with "
+                        "--threads 1 and --workers 0 on cores that other work shares (equal to wall time on an idle core)")
     p.add_argument("--quick", action="store_true", help="smoke run: 8 images at 128 px, 0.25 min per arm, 4 val images, "
                    "record in a temporary folder")
     return p
@@ -504,6 +516,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--size must be at least 32 px, got {args.size}")
     if args.workers < 0:
         parser.error(f"--workers must be >= 0, got {args.workers}")
+    if args.clock == "cpu" and (args.threads != 1 or args.workers != 0 or args.device not in ("cpu", "auto")):
+        parser.error("--clock cpu measures one process on one core: use it with --threads 1, --workers 0 and the CPU")
     if args.eval_at is None:
         args.eval_at = [] if args.quick else [m for m in DEFAULT_EVAL_AT if m < args.minutes]
     beyond = [m for m in args.eval_at if m > args.minutes]
@@ -544,7 +558,8 @@ def run_arm(arm: Arm, model, train_set, val_set, args, device, init_state: dict 
                       "train_minutes": round(offset, 3)} if arm.init else None,"description": arm.description, "model": type(model).__module__ + "." + type(model).__name__,
              "proposals": proposal_counts(model), "initial_backbone_fingerprint": backbone_fingerprint(model)}
     warmup, timed = args.probe
-    step_s = probe_step_seconds(arm, model, train_set, args.batch, args.seed, device, args.workers, warmup, timed)
+    now = CLOCKS[args.clock]
+    step_s = probe_step_seconds(arm, model, train_set, args.batch, args.seed, device, args.workers, warmup, timed, now)
     iterations = max(1, round(args.minutes * 60 / step_s))
     entry["probe"] = {"warmup_steps": warmup, "timed_steps": timed, "step_seconds": round(step_s, 4)}
     entry["iterations_planned"] = iterations
@@ -552,7 +567,7 @@ def run_arm(arm: Arm, model, train_set, val_set, args, device, init_state: dict 
     entry["train_config"] = dataclasses.asdict(config)
     print(f"[{arm.name}] probe {step_s:.3f} s/step -> {iterations} iterations for {args.minutes:g} min")
     clock = BudgetClock(args.eval_at, args.minutes, iterations,
-                        lambda m: ap_summary(evaluate_model(m, val_set, device=device)), device)
+                        lambda m: ap_summary(evaluate_model(m, val_set, device=device)), device, now=now)
     clock.start()
     try:
         records = train(model, train_set, config, callback=clock)
@@ -580,6 +595,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    if args.clock == "cpu" and device.type != "cpu":
+        raise SystemExit(f"--clock cpu times the CPU; this run is on {device}")
     image_dir, ann_file = data.ensure_split("train", args.train_images, image_size=args.size, seed=0, progress=False)
     train_set = data.CocoDataset(image_dir, ann_file, transforms=v2.RandomHorizontalFlip(0.5))
     command = "python benchmarks/time_to_ap.py " + shlex.join(sys.argv[1:] if argv is None else argv)
@@ -631,6 +648,7 @@ def make_record(args, command: str, device, ann_file, val_set, arms: dict) -> di
                  "transforms": "RandomHorizontalFlip(0.5)", "val": str(val_set.ann_file) if args.val_images is None
                  else "committed val split, first images", "val_images": len(val_set)},
         "batch_size": args.batch, "seed": args.seed, "workers": args.workers, "minutes": args.minutes,
+        "clock": args.clock,
         "eval_at": args.eval_at, "arms": arms,
         "time_to_box_ap": {f"{t:g}": time_to_target(arms, t) for t in args.target_ap},
     }
