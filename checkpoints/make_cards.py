@@ -150,7 +150,7 @@ def backbone_card(name: str, run: Path, hardware_text: str) -> dict:
         "size_mib": round(out.stat().st_size / 2**20, 2), "sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
         "backbone": state["backbone"], "norm": state["norm"], "fpn_channels": state["fpn_channels"],
         "mask_classes": state.get("mask_classes"), "command": command, "steps": state["steps"],
-        "images_seen": state["images_seen"], "train_seconds": state["train_seconds"], "hardware": hardware_text,
+        "images_seen": state["images_seen"], "train_seconds": round(state["train_seconds"], 2), "hardware": hardware_text,
         "fpnbook_version": fpnbook.__version__, "torch_version": torch.__version__,
         "fresh_split": f"{len(fresh)} generated pretraining images of 256 px, seed {FRESH_SEED}",
         "fresh": {k: round(v, 4) if isinstance(v, float) else v for k, v in scores.items()},

@@ -42,6 +42,8 @@ from torch import Tensor, nn
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops import FrozenBatchNorm2d
 
+from .files import load_torch_file
+
 NAMES = ["c2", "c3", "c4", "c5"]
 STRIDES = [4, 8, 16, 32]
 NORMS = ("gn", "bn", "frozen_bn")
@@ -260,7 +262,7 @@ class TorchvisionBackbone(nn.Module):
 def load_classification_weights(model: nn.Module, weights: Mapping[str, Tensor] | str | os.PathLike) -> None:
     """Load a torchvision ResNet state dict (or a path to one) into ``model``; the classifier ``fc.*`` may be absent."""
     if isinstance(weights, (str, os.PathLike)):
-        weights = torch.load(weights, map_location="cpu", weights_only=True)
+        weights = load_torch_file(weights, "classification weights file")
     if not isinstance(weights, Mapping):
         raise TypeError(f"weights must be a state dict or a path to one, got {type(weights).__name__}")
     try:

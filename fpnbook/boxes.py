@@ -24,16 +24,26 @@ from torch import Tensor
 BBOX_XFORM_CLIP = math.log(1000.0 / 16)
 
 
+def check_box_shape(boxes: Tensor, name: str = "boxes") -> Tensor:
+    """Raise a TypeError/ValueError naming ``name`` unless ``boxes`` is a Tensor[N, 4].
+
+    The cheap check (no host sync) that the box functions make on every call;
+    :func:`check_boxes` also checks the values, once, where boxes enter.
+    """
+    if not isinstance(boxes, Tensor):
+        raise TypeError(f"{name} must be a Tensor[N, 4], got {type(boxes).__name__}")
+    if boxes.ndim != 2 or boxes.shape[-1] != 4:
+        raise ValueError(f"{name} must have shape [N, 4] (x1, y1, x2, y2), got {list(boxes.shape)}")
+    return boxes
+
+
 def check_boxes(boxes: Tensor, name: str = "boxes", allow_degenerate: bool = True) -> Tensor:
     """Raise a ValueError naming ``name`` unless ``boxes`` is a finite float Tensor[N, 4] XYXY.
 
     ``allow_degenerate`` admits zero-width or zero-height boxes; ``x2 < x1`` is always an error.
     Returns ``boxes`` so the call can sit inline.
     """
-    if not isinstance(boxes, Tensor):
-        raise TypeError(f"{name} must be a Tensor[N, 4], got {type(boxes).__name__}")
-    if boxes.ndim != 2 or boxes.shape[-1] != 4:
-        raise ValueError(f"{name} must have shape [N, 4] (x1, y1, x2, y2), got {list(boxes.shape)}")
+    check_box_shape(boxes, name)
     if not boxes.is_floating_point():
         raise TypeError(f"{name} must be a floating point tensor, got {boxes.dtype}")
     if not torch.isfinite(boxes).all():
@@ -48,30 +58,35 @@ def check_boxes(boxes: Tensor, name: str = "boxes", allow_degenerate: bool = Tru
 
 def xywh_to_xyxy(boxes: Tensor) -> Tensor:
     """COCO ``(x, y, w, h)`` -> ``(x1, y1, x2, y2)``. Tensor[N, 4] -> Tensor[N, 4]."""
+    check_box_shape(boxes)
     x, y, w, h = boxes.unbind(-1)
     return torch.stack([x, y, x + w, y + h], dim=-1)
 
 
 def xyxy_to_xywh(boxes: Tensor) -> Tensor:
     """``(x1, y1, x2, y2)`` -> COCO ``(x, y, w, h)``. Tensor[N, 4] -> Tensor[N, 4]."""
+    check_box_shape(boxes)
     x1, y1, x2, y2 = boxes.unbind(-1)
     return torch.stack([x1, y1, x2 - x1, y2 - y1], dim=-1)
 
 
 def xyxy_to_cxcywh(boxes: Tensor) -> Tensor:
     """``(x1, y1, x2, y2)`` -> ``(cx, cy, w, h)``. Tensor[N, 4] -> Tensor[N, 4]."""
+    check_box_shape(boxes)
     x1, y1, x2, y2 = boxes.unbind(-1)
     return torch.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], dim=-1)
 
 
 def cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
     """``(cx, cy, w, h)`` -> ``(x1, y1, x2, y2)``. Tensor[N, 4] -> Tensor[N, 4]."""
+    check_box_shape(boxes)
     cx, cy, w, h = boxes.unbind(-1)
     return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
 
 
 def box_area(boxes: Tensor) -> Tensor:
     """Area of XYXY boxes in square pixels. Tensor[N, 4] -> Tensor[N]."""
+    check_box_shape(boxes)
     return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
 
 
@@ -81,7 +96,7 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     Equals ``torchvision.ops.box_iou``; two zero-area boxes give 0/0 = NaN there
     and here alike, so callers keep degenerate boxes out.
     """
-    area1, area2 = box_area(boxes1), box_area(boxes2)
+    area1, area2 = box_area(check_box_shape(boxes1, "boxes1")), box_area(check_box_shape(boxes2, "boxes2"))
     top_left = torch.max(boxes1[:, None, :2], boxes2[None, :, :2])
     bottom_right = torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:])
     inter = (bottom_right - top_left).clamp(min=0).prod(dim=-1)
@@ -124,6 +139,10 @@ class BoxCoder:
 
     def encode(self, gt_boxes: Tensor, reference_boxes: Tensor) -> Tensor:
         """Deltas that take each reference box to its ground truth. Tensor[N, 4] x2 -> Tensor[N, 4]."""
+        check_box_shape(gt_boxes, "gt_boxes")
+        check_box_shape(reference_boxes, "reference_boxes")
+        if len(gt_boxes) != len(reference_boxes):
+            raise ValueError(f"gt_boxes and reference_boxes must pair up, got {len(gt_boxes)} and {len(reference_boxes)} boxes")
         wx, wy, ww, wh = self.weights
         ref = xyxy_to_cxcywh(reference_boxes)
         gt = xyxy_to_cxcywh(gt_boxes)
@@ -139,6 +158,12 @@ class BoxCoder:
 
     def decode(self, deltas: Tensor, reference_boxes: Tensor) -> Tensor:
         """Boxes from deltas. ``deltas`` Tensor[N, 4*K] (K boxes per reference) -> same shape, XYXY."""
+        if not isinstance(deltas, Tensor) or deltas.ndim != 2 or deltas.shape[1] == 0 or deltas.shape[1] % 4:
+            shape = list(deltas.shape) if isinstance(deltas, Tensor) else type(deltas).__name__
+            raise ValueError(f"deltas must be a Tensor[N, 4*K] (K boxes per reference), got {shape}")
+        check_box_shape(reference_boxes, "reference_boxes")
+        if len(deltas) != len(reference_boxes):
+            raise ValueError(f"deltas and reference_boxes must pair up, got {len(deltas)} rows and {len(reference_boxes)} boxes")
         wx, wy, ww, wh = self.weights
         ref = xyxy_to_cxcywh(reference_boxes.to(deltas.dtype))
         dx = deltas[:, 0::4] / wx

@@ -17,11 +17,56 @@ import argparse
 import json
 import os
 import re
+import signal
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+
+def _int_at_least(low: int):
+    """An argparse type: an int >= ``low``; argparse's message then names the option."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+    parse.__name__ = f"int >= {low}"
+    return parse
+
+
+def _float_in(low: float, high: float | None = None, low_open: bool = False):
+    """An argparse type: a finite float in ``[low, high]`` (``(low, ...`` with ``low_open``)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+        ok = value == value and abs(value) != float("inf") and (value > low if low_open else value >= low)
+        if not ok or (high is not None and value > high):
+            where = f"{'>' if low_open else '>='} {low}" if high is None else f"in [{low}, {high}]"
+            raise argparse.ArgumentTypeError(f"must be a finite number {where}, got {text!r}")
+        return value
+    parse.__name__ = "number"
+    return parse
+
+
+POSITIVE, NON_NEGATIVE, IMAGE_SIZE = _int_at_least(1), _int_at_least(0), _int_at_least(32)
+
+
+class UsageError(Exception):
+    """A bad command line: :func:`main` prints it as one line and returns 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line naming the option, not a usage block and a SystemExit."""
+
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: error: {message} (see {self.prog} --help)")
 
 
 def add_dataset_args(parser: argparse.ArgumentParser, prefix: str = "", what: str = "") -> None:
@@ -107,18 +152,33 @@ def cmd_train(args: argparse.Namespace) -> int:
     from torchvision.transforms import v2
 
     from .data import ensure_split
+    from .files import atomic_write_text
     from .models import ModelConfig, build
-    from .train import TrainConfig, evaluate_model, train
+    from .train import RUN_FILES, TrainConfig, evaluate_model, train
 
     rank, device = setup_distributed()
     if args.device != "auto":
         device = args.device
+    # Every argument is checked before any work is done or any file is touched.
     mask_classes = parse_labels(args.mask_classes)
     model_config = ModelConfig(kind=args.model, num_classes=args.num_classes, backbone=args.backbone,
                                fpn_channels=args.fpn_channels, mask_classes=mask_classes,
                                rpn_pre_nms_top_n_train=args.rpn_pre_nms_top_n,
                                rpn_post_nms_top_n_train=args.rpn_post_nms_top_n,
                                box_batch_size_per_image=args.rois_per_image)
+    config = TrainConfig(iterations=args.iterations, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
+                         weight_decay=args.weight_decay, decay_norm_and_bias=args.decay_norm_and_bias,
+                         schedule=args.schedule, seed=args.seed,
+                         ema_decay=args.ema_decay or None, warmup_iters=min(args.warmup, args.iterations), device=device,
+                         num_workers=args.workers, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
+                         out_dir=str(args.out), log_every=args.log_every)
+    for flag, path in (("--resume", args.resume), ("--init", args.init)):
+        if path is not None and not Path(path).is_file():
+            raise FileNotFoundError(f"{flag} file not found: {path}")
+    taken = [name for name in RUN_FILES if (args.out / name).exists()]
+    if taken and args.resume is None and not args.overwrite:
+        raise FileExistsError(f"{args.out} already holds a run ({', '.join(taken)}); pass --resume {args.out}/last.pt "
+                              "to continue it or --overwrite to start afresh")
     flip = v2.RandomHorizontalFlip(0.5)
     if args.train_ann is None and args.train_images is None:
         args.train_images, args.train_ann = ensure_split("train", args.synthetic, image_size=args.size,
@@ -135,20 +195,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         parts = load_backbone(model, read_backbone(args.init), model_config)
         if rank == 0:
             print(f"initialised the {' and '.join(parts)} from {args.init}", file=sys.stderr)
-    config = TrainConfig(iterations=args.iterations, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
-                         weight_decay=args.weight_decay, decay_norm_and_bias=args.decay_norm_and_bias,
-                         schedule=args.schedule, seed=args.seed,
-                         ema_decay=args.ema_decay or None, warmup_iters=min(args.warmup, args.iterations), device=device, num_workers=args.workers,
-                         eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, out_dir=str(args.out),
-                         log_every=args.log_every)
     start = time.perf_counter()
     records = train(model, train_set, config, val_dataset=val_set if rank == 0 else None, resume=args.resume,
-                    model_config=model_config.to_dict())
+                    model_config=model_config.to_dict(), overwrite=args.overwrite)
     if rank == 0:
         results = records[-1]["eval"] if records and "eval" in records[-1] else evaluate_model(model, val_set)
         summary = {"command": "python -m fpnbook " + " ".join(args.argv), "seed": args.seed,
                    "train_seconds": round(time.perf_counter() - start, 1), "val": results}
-        (Path(args.out) / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        atomic_write_text(json.dumps(summary, indent=1) + "\n", Path(args.out) / "summary.json")
         print_results(results)
     return 0
 
@@ -181,7 +235,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
                          num_workers=args.workers, log_every=args.log_every, checkpoint_every=args.checkpoint_every,
                          out_dir=str(args.out))
     model_config = {**model.config.to_dict(), "kind": "semantic_pretrainer", "mask_classes": mask_classes}
-    train(model, images, config, resume=args.resume, model_config=model_config)
+    train(model, images, config, resume=args.resume, model_config=model_config, overwrite=args.overwrite)
     command = re.sub(r" --(resume \S+|overwrite)", "", "python -m fpnbook " + " ".join(args.argv))
     state = export_backbone(Path(args.out) / "last.pt", out, command=command, images_seen=args.iterations * args.batch_size)
     print(f"wrote {out} ({state['train_seconds']:.0f} s of training)")
@@ -220,27 +274,32 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from torchvision.transforms.v2.functional import pil_to_tensor
 
     from .evaluate import to_coco_results
+    from .files import atomic_write_text
     from .viz import draw_detections
 
     model, state = load_model(args.checkpoint)
     files = list_images(args.images)
+    targets = [args.out / f"{path.stem}_pred.png" for path in files] + [args.out / "results.json"]
+    taken = [t for t in targets if t.exists()]
+    if taken and not args.overwrite:  # refuse before any work, not halfway through the folder
+        raise FileExistsError(f"{taken[0]} exists ({len(taken)} of the outputs do); pass --overwrite to replace them")
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
     with torch.no_grad():
         for image_id, path in enumerate(files, start=1):
-            with Image.open(path) as pil:
-                image = pil_to_tensor(pil.convert("RGB")).float() / 255
+            try:
+                with Image.open(path) as pil:
+                    image = pil_to_tensor(pil.convert("RGB")).float() / 255
+            except OSError as error:  # PIL's UnidentifiedImageError and truncated files
+                raise ValueError(f"{path} is not a readable image ({error})") from None
             output = {k: v.cpu() for k, v in model([image])[0].items()}
             keep = output["scores"] >= args.score_threshold
             output = {k: v[keep] for k, v in output.items()}
             drawn = draw_detections(image, output, score_threshold=args.score_threshold)
-            target = args.out / f"{path.stem}_pred.png"
-            if target.exists() and not args.overwrite:
-                raise FileExistsError(f"{target} exists; pass --overwrite to replace it")
-            Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(target)
+            Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(args.out / f"{path.stem}_pred.png")
             for r in to_coco_results([output], [image_id]):
                 results.append({**r, "file_name": path.name})
-    (args.out / "results.json").write_text(json.dumps(results) + "\n")
+    atomic_write_text(json.dumps(results) + "\n", args.out / "results.json")
     print(f"{len(files)} images, {len(results)} detections above {args.score_threshold}: {args.out}")
     return 0
 
@@ -252,7 +311,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    mask_classes = (1, 3, 6, 8) if args.model == "mask_x_rcnn" else None
+    from .data import SPLIT_A
+
+    mask_classes = SPLIT_A if args.model == "mask_x_rcnn" else None
     model = build(ModelConfig(kind=args.model, mask_classes=mask_classes)).to(device)
     generator = torch.Generator().manual_seed(0)
     images = [torch.rand(3, args.size, args.size, generator=generator).to(device) for _ in range(args.batch_size)]
@@ -289,16 +350,16 @@ def build_parser() -> argparse.ArgumentParser:
     from .models import BACKBONES, KINDS
     from .train import OPTIMIZERS, SCHEDULES
 
-    parser = argparse.ArgumentParser(prog="fpnbook", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="fpnbook", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     data = verbs.add_parser("data", help="generate a synthetic COCO-format shapes dataset, or convert labelme files")
     data.add_argument("--out", type=Path, required=True, help="output folder (DIR/train/, DIR/train.json, DIR/val/, "
                       "DIR/val.json); with --from-labelme, the COCO JSON file to write")
-    data.add_argument("--train", type=int, default=0, help="training images (0 skips the split)")
-    data.add_argument("--val", type=int, default=48, help="validation images")
-    data.add_argument("--size", type=int, default=256, help="image side in pixels (32..2048)")
-    data.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes identical files")
+    data.add_argument("--train", type=NON_NEGATIVE, default=0, help="training images (0 skips the split)")
+    data.add_argument("--val", type=NON_NEGATIVE, default=48, help="validation images")
+    data.add_argument("--size", type=IMAGE_SIZE, default=256, help="image side in pixels (32..2048)")
+    data.add_argument("--seed", type=NON_NEGATIVE, default=0, help="random seed; the same seed writes identical files")
     data.add_argument("--from-labelme", type=Path, default=None, metavar="DIR",
                       help="convert the labelme *.json files in DIR into one COCO file instead")
     data.add_argument("--overwrite", action="store_true", help="replace existing output")
@@ -307,41 +368,42 @@ def build_parser() -> argparse.ArgumentParser:
     tr = verbs.add_parser("train", help="train a detector; writes OUT/metrics.jsonl, OUT/last.pt, OUT/summary.json")
     tr.add_argument("--model", choices=KINDS, default="mask_rcnn")
     tr.add_argument("--out", type=Path, required=True, help="run folder")
-    tr.add_argument("--num-classes", type=int, default=8, help="object classes in the data (background not counted)")
+    tr.add_argument("--num-classes", type=POSITIVE, default=8, help="object classes in the data (background not counted)")
     tr.add_argument("--backbone", choices=BACKBONES, default="tiny")
-    tr.add_argument("--fpn-channels", type=int, default=64)
+    tr.add_argument("--fpn-channels", type=POSITIVE, default=64)
     tr.add_argument("--mask-classes", default=None, help="mask_x_rcnn: comma-separated labels that keep their masks")
     add_dataset_args(tr, "train", "training ")
     add_dataset_args(tr, "val", "validation ")
-    tr.add_argument("--synthetic", type=int, default=2000, help="without --train-ann: images of a generated, cached split")
-    tr.add_argument("--size", type=int, default=256, help="image size of the generated split")
-    tr.add_argument("--data-seed", type=int, default=0, help="seed of the generated split")
-    tr.add_argument("--iterations", type=int, default=3000)
-    tr.add_argument("--batch-size", type=int, default=4, help="images per step per process")
+    tr.add_argument("--synthetic", type=POSITIVE, default=2000, help="without --train-ann: images of a generated, cached split")
+    tr.add_argument("--size", type=IMAGE_SIZE, default=256, help="image size of the generated split")
+    tr.add_argument("--data-seed", type=NON_NEGATIVE, default=0, help="seed of the generated split")
+    tr.add_argument("--iterations", type=POSITIVE, default=3000)
+    tr.add_argument("--batch-size", type=POSITIVE, default=4, help="images per step per process")
     tr.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
-    tr.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 1e-3 for adamw, 0.02 for sgd)")
-    tr.add_argument("--weight-decay", type=float, default=None, help="on weights, not norms or biases "
+    tr.add_argument("--lr", type=_float_in(0, low_open=True), default=None, help="peak learning rate (default: 1e-3 for adamw, 0.02 for sgd)")
+    tr.add_argument("--weight-decay", type=_float_in(0), default=None, help="on weights, not norms or biases "
                     "(default: 0.05 for adamw, 1e-4 for sgd)")
     tr.add_argument("--decay-norm-and-bias", action="store_true", help="weight-decay norm layers and biases too "
                     "(the first edition's recipe did)")
     tr.add_argument("--schedule", choices=SCHEDULES, default="cosine", help="after warmup: cosine to 0, "
                     "or step (x0.1 at 2/3 and 8/9 of the iterations)")
-    tr.add_argument("--ema-decay", type=float, default=0.999, help="evaluate and export an EMA of the weights "
+    tr.add_argument("--ema-decay", type=_float_in(0, 1), default=0.999, help="evaluate and export an EMA of the weights "
                     "with this decay (0: no EMA)")
-    tr.add_argument("--warmup", type=int, default=200)
-    tr.add_argument("--rpn-pre-nms-top-n", type=int, default=600, help="two-stage models, training: proposals "
+    tr.add_argument("--warmup", type=NON_NEGATIVE, default=200)
+    tr.add_argument("--rpn-pre-nms-top-n", type=POSITIVE, default=600, help="two-stage models, training: proposals "
                     "kept per level before NMS")
-    tr.add_argument("--rpn-post-nms-top-n", type=int, default=300, help="two-stage models, training: proposals "
+    tr.add_argument("--rpn-post-nms-top-n", type=POSITIVE, default=300, help="two-stage models, training: proposals "
                     "kept per image after NMS")
-    tr.add_argument("--rois-per-image", type=int, default=128, help="two-stage models: RoIs sampled per image "
+    tr.add_argument("--rois-per-image", type=POSITIVE, default=128, help="two-stage models: RoIs sampled per image "
                     "for the box and mask heads")
-    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--seed", type=NON_NEGATIVE, default=0)
     tr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    tr.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
-    tr.add_argument("--log-every", type=int, default=20)
-    tr.add_argument("--eval-every", type=int, default=0, help="COCO evaluation every N steps (0: at the end)")
-    tr.add_argument("--checkpoint-every", type=int, default=500)
+    tr.add_argument("--workers", type=NON_NEGATIVE, default=2, help="DataLoader worker processes")
+    tr.add_argument("--log-every", type=POSITIVE, default=20)
+    tr.add_argument("--eval-every", type=NON_NEGATIVE, default=0, help="COCO evaluation every N steps (0: at the end)")
+    tr.add_argument("--checkpoint-every", type=NON_NEGATIVE, default=500)
     tr.add_argument("--resume", type=Path, default=None, help="continue from this checkpoint")
+    tr.add_argument("--overwrite", action="store_true", help="start afresh in an OUT that already holds a run")
     tr.add_argument("--init", type=Path, default=None, help="start the body (and FPN) from a pretrained backbone "
                     "file, e.g. checkpoints/backbone.pt (python -m fpnbook pretrain)")
     tr.set_defaults(run=cmd_train)
@@ -352,22 +414,22 @@ def build_parser() -> argparse.ArgumentParser:
                     "generated shapes")
     pt.add_argument("--train-images", type=Path, default=None, help="image folder of --train-ann")
     pt.add_argument("--backbone", choices=BACKBONES, default="tiny")
-    pt.add_argument("--fpn-channels", type=int, default=64)
-    pt.add_argument("--size", type=int, default=256, help="side of the generated images")
-    pt.add_argument("--data-seed", type=int, default=0, help="seed of the generated images")
+    pt.add_argument("--fpn-channels", type=POSITIVE, default=64)
+    pt.add_argument("--size", type=IMAGE_SIZE, default=256, help="side of the generated images")
+    pt.add_argument("--data-seed", type=NON_NEGATIVE, default=0, help="seed of the generated images")
     pt.add_argument("--mask-classes", default=None, help="for a Mask^X R-CNN backbone: comma-separated labels whose "
                     "shapes the labels may show; other objects are ignored over their boxes")
     pt.add_argument("--no-objects", action="store_true", help="per-pixel labels only: no per-object branch "
                     "(and so no box head for the detectors)")
-    pt.add_argument("--iterations", type=int, default=1000)
-    pt.add_argument("--batch-size", type=int, default=8)
-    pt.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate (warmup, then cosine)")
-    pt.add_argument("--warmup", type=int, default=100)
-    pt.add_argument("--seed", type=int, default=0)
+    pt.add_argument("--iterations", type=POSITIVE, default=1000)
+    pt.add_argument("--batch-size", type=POSITIVE, default=8)
+    pt.add_argument("--lr", type=_float_in(0, low_open=True), default=2e-3, help="peak AdamW learning rate (warmup, then cosine)")
+    pt.add_argument("--warmup", type=NON_NEGATIVE, default=100)
+    pt.add_argument("--seed", type=NON_NEGATIVE, default=0)
     pt.add_argument("--device", default="auto")
-    pt.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (they render the images)")
-    pt.add_argument("--log-every", type=int, default=20)
-    pt.add_argument("--checkpoint-every", type=int, default=250)
+    pt.add_argument("--workers", type=NON_NEGATIVE, default=0, help="DataLoader worker processes (they render the images)")
+    pt.add_argument("--log-every", type=POSITIVE, default=20)
+    pt.add_argument("--checkpoint-every", type=NON_NEGATIVE, default=250)
     pt.add_argument("--resume", type=Path, default=None, help="continue from OUT/last.pt")
     pt.add_argument("--overwrite", action="store_true", help="replace an existing OUT/backbone.pt")
     pt.set_defaults(run=cmd_pretrain)
@@ -375,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = verbs.add_parser("eval", help="print the COCO AP table of a checkpoint")
     ev.add_argument("--checkpoint", type=Path, required=True)
     add_dataset_args(ev)
-    ev.add_argument("--batch-size", type=int, default=4)
+    ev.add_argument("--batch-size", type=POSITIVE, default=4)
     ev.add_argument("--device", default="auto")
     ev.set_defaults(run=cmd_eval)
 
@@ -383,16 +445,16 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--checkpoint", type=Path, required=True)
     pr.add_argument("--images", type=Path, required=True, help="an image file or a folder of .png/.jpg images")
     pr.add_argument("--out", type=Path, required=True, help="folder for NAME_pred.png and results.json")
-    pr.add_argument("--score-threshold", type=float, default=0.5)
-    pr.add_argument("--overwrite", action="store_true", help="replace existing NAME_pred.png files")
+    pr.add_argument("--score-threshold", type=_float_in(0, 1), default=0.5)
+    pr.add_argument("--overwrite", action="store_true", help="replace existing NAME_pred.png files and results.json")
     pr.set_defaults(run=cmd_predict)
 
     be = verbs.add_parser("bench", help="images per second of a model's training step and inference")
     be.add_argument("--model", choices=KINDS, default="mask_rcnn")
-    be.add_argument("--size", type=int, default=256)
-    be.add_argument("--batch-size", type=int, default=2)
-    be.add_argument("--threads", type=int, default=2)
-    be.add_argument("--repeats", type=int, default=3)
+    be.add_argument("--size", type=IMAGE_SIZE, default=256)
+    be.add_argument("--batch-size", type=POSITIVE, default=2)
+    be.add_argument("--threads", type=POSITIVE, default=2)
+    be.add_argument("--repeats", type=POSITIVE, default=3)
     be.add_argument("--device", default="auto")
     be.set_defaults(run=cmd_bench)
     return parser
@@ -400,10 +462,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as error:
+        print(error, file=sys.stderr)
+        return 2
     args.argv = argv
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm) if _main_thread() else None
     try:
         return args.run(args)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, FloatingPointError) as error:
+    except (ValueError, TypeError, OSError, FloatingPointError) as error:  # OSError: FileNotFoundError, FileExistsError, ...
         print(f"fpnbook {args.verb}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM: the verbs clean up their temporary files on the way out
+        print(f"fpnbook {args.verb}: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_on_sigterm(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()

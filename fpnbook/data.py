@@ -20,8 +20,6 @@ labels ``1..K`` with 0 kept for background, masks ``uint8 [N, H, W]``.
 from __future__ import annotations
 
 import colorsys
-import contextlib
-import io
 import json
 import math
 import numbers
@@ -36,12 +34,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageStat
 from pycocotools import mask as mask_utils
-from pycocotools.coco import COCO
 from torch import Tensor
 from torchvision import tv_tensors
 from tqdm.auto import tqdm
 
 from .boxes import xywh_to_xyxy
+from .evaluate import load_coco
 
 # Category ids 1..8 in the JSON, in this order.
 SHAPE_CLASSES = ("circle", "square", "triangle", "star", "hexagon", "cross", "ring", "crescent")
@@ -397,10 +395,14 @@ def generate_dataset(
     """Write a ``train`` split (skipped when 0) and a ``val`` split under ``out_dir``. Returns {split: json path}."""
     _check_int("train", train, 0)
     _check_int("val", val, 0)
+    splits = [(split, num) for split, num in (("train", train), ("val", val)) if split == "val" or num]
+    if not overwrite:  # refuse before writing anything, not after the first split
+        out_dir = Path(out_dir)
+        for path in (p for split, _ in splits for p in (out_dir / f"{split}.json", out_dir / split)):
+            if path.exists():
+                raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it")
     written = {}
-    for split, num in (("train", train), ("val", val)):
-        if split == "train" and num == 0:
-            continue
+    for split, num in splits:
         written[split] = generate_split(out_dir, split, num, image_size, seed, overwrite=overwrite, progress=progress)
     return written
 
@@ -448,43 +450,26 @@ def val_paths() -> tuple[Path, Path]:
 # ---------------------------------------------------------------- reading COCO
 
 
-def _check_bbox(annotation: dict) -> None:
-    box = annotation.get("bbox")
-    name = f"annotation {annotation.get('id')!r} (image {annotation.get('image_id')!r})"
-    if not isinstance(box, (list, tuple)) or len(box) != 4:
-        raise ValueError(f"{name} has bbox {box!r}; expected [x, y, w, h]")
-    if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in box):
-        raise ValueError(f"{name} has bbox {box!r}; expected four finite numbers")
-    if box[2] < 0 or box[3] < 0:
-        raise ValueError(f"{name} has bbox {box!r} with negative width or height")
+def check_segmentation(annotation: dict, height: int, width: int, source) -> None:
+    """Raise a ValueError naming the annotation unless its segmentation fits an image of ``height x width``.
 
-
-def _load_coco_json(ann_file: Path) -> COCO:
-    try:
-        with open(ann_file, encoding="utf-8") as f:
-            dataset = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{ann_file} is not valid JSON: {error}") from None
-    if not isinstance(dataset, dict) or not isinstance(dataset.get("images"), list):
-        raise ValueError(f"{ann_file} is not a COCO annotation file: no 'images' list")
-    if not isinstance(dataset.get("categories"), list):
-        raise ValueError(f"{ann_file} is not a COCO annotation file: no 'categories' list")
-    dataset.setdefault("annotations", [])
-    cat_ids = {c.get("id") for c in dataset["categories"] if isinstance(c, dict)}
-    for annotation in dataset["annotations"]:
-        if not isinstance(annotation, dict):
-            raise ValueError(f"{ann_file}: every annotation must be a JSON object, got {annotation!r}")
-        _check_bbox(annotation)
-        if annotation.get("category_id") not in cat_ids:
-            raise ValueError(
-                f"annotation {annotation.get('id')!r} has category_id {annotation.get('category_id')!r}, "
-                f"which is not among the categories of {ann_file}"
-            )
-    coco = COCO()
-    coco.dataset = dataset
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-        coco.createIndex()
-    return coco
+    Polygons: lists of at least 3 (x, y) points; RLE (compressed or not): ``size == [height, width]``.
+    """
+    segmentation = annotation["segmentation"]
+    name = f"annotation {annotation.get('id')!r} (image {annotation['image_id']!r}) in {source}"
+    if isinstance(segmentation, list):
+        for polygon in segmentation:
+            if not isinstance(polygon, list) or len(polygon) < 6 or len(polygon) % 2:
+                raise ValueError(f"{name}: a polygon needs at least 3 (x, y) points as a flat list, got {polygon!r}")
+            if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in polygon):
+                raise ValueError(f"{name}: polygon coordinates must be finite numbers")
+    elif isinstance(segmentation, dict):
+        size = segmentation.get("size")
+        if list(size or []) != [height, width] or "counts" not in segmentation:
+            raise ValueError(f"{name}: its RLE has size {size!r} but the image is {height}x{width} "
+                             "(an RLE needs 'size' [height, width] and 'counts')")
+    else:
+        raise ValueError(f"{name}: segmentation must be a list of polygons or an RLE dict, got {type(segmentation).__name__}")
 
 
 class CocoDataset(torch.utils.data.Dataset):
@@ -519,7 +504,10 @@ class CocoDataset(torch.utils.data.Dataset):
             raise FileNotFoundError(f"annotation file not found: {self.ann_file}")
         if not self.image_dir.is_dir():
             raise FileNotFoundError(f"image directory not found: {self.image_dir}")
-        self.coco = _load_coco_json(self.ann_file)
+        self.coco = load_coco(self.ann_file)
+        for image in self.coco.dataset["images"]:
+            if not isinstance(image.get("file_name"), str):
+                raise ValueError(f"{self.ann_file}: image {image['id']!r} has no 'file_name'")
         self.transforms = transforms
         cat_ids = sorted(self.coco.cats)
         self.label_to_cat_id = {label: cat_id for label, cat_id in enumerate(cat_ids, start=1)}
@@ -548,8 +536,11 @@ class CocoDataset(torch.utils.data.Dataset):
         path = self.image_dir / info["file_name"]
         if not path.is_file():
             raise FileNotFoundError(f"image file not found: {path} (image id {info['id']} in {self.ann_file})")
-        with Image.open(path) as image:
-            pixels = np.array(image.convert("RGB"), dtype=np.uint8)
+        try:
+            with Image.open(path) as image:
+                pixels = np.array(image.convert("RGB"), dtype=np.uint8)
+        except OSError as error:  # PIL's UnidentifiedImageError, a truncated file
+            raise ValueError(f"{path} is not a readable image ({error}); image id {info['id']} in {self.ann_file}") from None
         return tv_tensors.Image(torch.from_numpy(pixels).permute(2, 0, 1).float().div_(255))
 
     def load_target(self, index: int, height: int, width: int) -> dict:
@@ -568,6 +559,8 @@ class CocoDataset(torch.utils.data.Dataset):
         labels = torch.tensor([self.cat_id_to_label[a["category_id"]] for a in annotations], dtype=torch.int64)
         masks = torch.zeros((len(annotations), height, width), dtype=torch.uint8)
         with_mask = [j for j, a in enumerate(annotations) if a.get("segmentation")]
+        for j in with_mask:
+            check_segmentation(annotations[j], height, width, self.ann_file)
         if with_mask:  # polygons and both kinds of RLE -> one compressed RLE each, decoded in one call
             rles = [self.coco.annToRLE(annotations[j]) for j in with_mask]
             masks[with_mask] = torch.from_numpy(mask_utils.decode(rles)).permute(2, 0, 1)

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
+import math
+import numbers
 import os
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -18,17 +21,86 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from .boxes import xyxy_to_xywh
+from .boxes import check_box_shape, xyxy_to_xywh
 
 IOU_TYPES = ("bbox", "segm")
 
 
+def _is_real(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_bbox(box, name: str) -> None:
+    if not isinstance(box, (list, tuple)) or len(box) != 4:
+        raise ValueError(f"{name} has bbox {box!r}; expected [x, y, w, h]")
+    if not all(_is_real(v) for v in box):
+        raise ValueError(f"{name} has bbox {box!r}; expected four finite numbers")
+    if box[2] < 0 or box[3] < 0:
+        raise ValueError(f"{name} has bbox {box!r} with negative width or height")
+
+
+def coco_from_dict(dataset: Mapping, source: str = "the annotations") -> COCO:
+    """A pycocotools ``COCO`` index over an annotations dict held in memory, checked first.
+
+    Checks what pycocotools would otherwise trip over with a KeyError or TypeError:
+    ``images`` and ``categories`` lists, every image with an ``id``, every annotation an
+    object with ``image_id``, a known ``category_id`` and a ``bbox`` of four finite
+    numbers with ``w, h >= 0``. ``source`` names the dict in errors (a file name).
+    Annotations whose ``image_id`` is not among the images raise too: they would be
+    dropped without a word.
+    """
+    if not isinstance(dataset, Mapping) or not isinstance(dataset.get("images"), list):
+        raise ValueError(f"{source} is not a COCO annotation file: no 'images' list")
+    if not isinstance(dataset.get("categories"), list):
+        raise ValueError(f"{source} is not a COCO annotation file: no 'categories' list")
+    dataset = dict(dataset)
+    dataset.setdefault("annotations", [])
+    if not isinstance(dataset["annotations"], list):
+        raise ValueError(f"{source}: 'annotations' must be a list")
+    for i, image in enumerate(dataset["images"]):
+        if not isinstance(image, Mapping) or "id" not in image:
+            raise ValueError(f"{source}: images[{i}] has no 'id' ({image!r})")
+    for i, category in enumerate(dataset["categories"]):
+        if not isinstance(category, Mapping) or "id" not in category:
+            raise ValueError(f"{source}: categories[{i}] has no 'id' ({category!r})")
+    image_ids = {image["id"] for image in dataset["images"]}
+    cat_ids = {c["id"] for c in dataset["categories"]}
+    orphans = 0
+    for i, annotation in enumerate(dataset["annotations"]):
+        if not isinstance(annotation, Mapping):
+            raise ValueError(f"{source}: every annotation must be a JSON object, got {annotation!r}")
+        name = f"annotation {annotation.get('id', i)!r} (image {annotation.get('image_id')!r}) in {source}"
+        if "image_id" not in annotation:
+            raise ValueError(f"{name} has no 'image_id'")
+        orphans += annotation["image_id"] not in image_ids
+        if annotation.get("category_id") not in cat_ids:
+            raise ValueError(f"{name} has category_id {annotation.get('category_id')!r}, which is not among "
+                             f"the categories {sorted(cat_ids)}")
+        _check_bbox(annotation.get("bbox"), name)
+        annotation.setdefault("id", i + 1)
+    if orphans:
+        raise ValueError(f"{source}: {orphans} annotation(s) refer to image ids that are not among its images")
+    coco = COCO()
+    coco.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+        coco.createIndex()
+    return coco
+
+
 def load_coco(ann_file: str | os.PathLike) -> COCO:
-    """Load a COCO annotations JSON quietly, with a clear error for a missing file."""
+    """Load and check a COCO annotations JSON (see :func:`coco_from_dict`), quietly.
+
+    FileNotFoundError for a missing file, ValueError naming the file for one that is
+    not valid JSON or not COCO.
+    """
     if not os.path.isfile(ann_file):
         raise FileNotFoundError(f"annotations file not found: {ann_file}")
-    with contextlib.redirect_stdout(io.StringIO()):
-        return COCO(str(ann_file))
+    try:
+        with open(ann_file, encoding="utf-8") as f:
+            dataset = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{ann_file} is not valid JSON: {error}") from None
+    return coco_from_dict(dataset, str(ann_file))
 
 
 def to_coco_results(
@@ -47,7 +119,8 @@ def to_coco_results(
     if len(outputs) != len(image_ids):
         raise ValueError(f"outputs has {len(outputs)} entries but image_ids has {len(image_ids)}")
     results = []
-    for output, image_id in zip(outputs, image_ids):
+    for i, (output, image_id) in enumerate(zip(outputs, image_ids)):
+        check_output(output, f"outputs[{i}]", label_to_cat_id)
         boxes = xyxy_to_xywh(output["boxes"].detach().float().cpu()).tolist()
         labels = output["labels"].tolist()
         scores = output["scores"].tolist()
@@ -69,6 +142,79 @@ def to_coco_results(
     return results
 
 
+def check_output(output: Mapping, name: str, label_to_cat_id: Mapping[int, int] | None = None) -> None:
+    """Raise a ValueError/TypeError naming ``name`` unless ``output`` is one image's detections.
+
+    ``boxes`` [N, 4], ``labels`` [N] and ``scores`` [N] (finite), and ``masks``
+    [N, 1, H, W] when present; every label must be a key of ``label_to_cat_id``.
+    """
+    if not isinstance(output, Mapping):
+        raise TypeError(f"{name} must be a dict of tensors, got {type(output).__name__}")
+    missing = [k for k in ("boxes", "labels", "scores") if k not in output]
+    if missing:
+        raise ValueError(f"{name} lacks {missing}; a model's output has boxes, labels and scores")
+    check_box_shape(output["boxes"], f"{name}['boxes']")
+    n = len(output["boxes"])
+    for key in ("labels", "scores"):
+        value = output[key]
+        if not isinstance(value, torch.Tensor) or value.shape != (n,):
+            shape = list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(f"{name}['{key}'] must be a Tensor[{n}], one per box, got {shape}")
+    for key in ("boxes", "scores"):
+        if n and not torch.isfinite(output[key]).all():
+            raise ValueError(f"{name}['{key}'] contains NaN or infinite values")
+    if "masks" in output:
+        masks = output["masks"]
+        if not isinstance(masks, torch.Tensor) or masks.ndim != 4 or masks.shape[:2] != (n, 1):
+            shape = list(masks.shape) if isinstance(masks, torch.Tensor) else type(masks).__name__
+            raise ValueError(f"{name}['masks'] must be a Tensor[{n}, 1, H, W] of probabilities, got {shape}")
+    if label_to_cat_id is not None and n:
+        unknown = sorted(set(output["labels"].tolist()) - set(label_to_cat_id))
+        if unknown:
+            raise ValueError(f"{name} has labels {unknown} that label_to_cat_id does not map (it maps {sorted(label_to_cat_id)})")
+
+
+def check_predictions(predictions: Sequence[Mapping], gt: COCO, iou_types: Sequence[str]) -> None:
+    """Raise a ValueError naming the first bad COCO result dict, before pycocotools trips over it.
+
+    Each needs ``image_id`` (one of ``gt``'s images), ``category_id`` (one of its
+    categories: an unknown id is almost always a forgotten ``label_to_cat_id``, and
+    pycocotools would silently score it as nothing), ``bbox`` [x, y, w, h] of finite
+    numbers with w, h >= 0, a finite ``score``, and ``segmentation`` for ``"segm"``.
+    """
+    known_images, known_cats = set(gt.getImgIds()), set(gt.getCatIds())
+    for i, p in enumerate(predictions):
+        name = f"predictions[{i}]"
+        if not isinstance(p, Mapping):
+            raise TypeError(f"{name} must be a COCO result dict, got {type(p).__name__}")
+        missing = [k for k in ("image_id", "category_id", "bbox", "score") if k not in p]
+        if missing:
+            raise ValueError(f"{name} lacks {missing}; a COCO result has image_id, category_id, bbox and score")
+        if p["image_id"] not in known_images:
+            raise ValueError(f"{name} refers to image id {p['image_id']!r}, not among the ground truth's image ids")
+        if p["category_id"] not in known_cats:
+            raise ValueError(f"{name} has category_id {p['category_id']!r}, not among the ground truth's "
+                             f"{sorted(known_cats)} (map model labels with label_to_cat_id)")
+        _check_bbox(p["bbox"], name)
+        if not _is_real(p["score"]):
+            raise ValueError(f"{name} has score {p['score']!r}; expected a finite number")
+        if "segm" in iou_types and "segmentation" not in p:
+            raise ValueError(f"iou_types includes 'segm' but {name} has no 'segmentation'")
+
+
+def _no_object_stats(gt: COCO, names: Sequence[str], image_ids: Sequence[int] | None) -> dict[str, float]:
+    """The stats with no predictions: 0, except -1 for an object size the ground truth lacks (as pycocotools)."""
+    images = set(gt.getImgIds() if image_ids is None else image_ids)
+    areas = [a.get("area", 0) for a in gt.dataset["annotations"] if a["image_id"] in images and not a.get("iscrowd", 0)]
+    present = {"s": any(a <= 32 ** 2 for a in areas), "m": any(32 ** 2 <= a <= 96 ** 2 for a in areas),
+               "l": any(a >= 96 ** 2 for a in areas)}
+    stats = {}
+    for name in names:
+        size = name[-1] if name[-1] in "sml" and name[:-1] in ("AP", "AR") else None
+        stats[name] = -1.0 if (not areas or (size and not present[size])) else 0.0
+    return stats
+
+
 def _stat_names(max_dets: Sequence[int]) -> list[str]:
     # The order of COCOeval.stats, with AR keyed by its detection budget.
     return ["AP", "AP50", "AP75", "APs", "APm", "APl", *(f"AR{d}" for d in max_dets), "ARs", "ARm", "ARl"]
@@ -87,7 +233,8 @@ def coco_evaluate(
     Returns ``{iou_type: {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10",
     "AR100", "ARs", "ARm", "ARl"}}`` (AR keys follow ``max_dets``; APs/ARs and friends use
     the largest budget). A value of -1 means the ground truth has no object of that size,
-    as in pycocotools. No predictions at all scores 0 everywhere else.
+    as in pycocotools, with or without predictions; no predictions at all scores 0 everywhere else.
+    Bad predictions raise a ValueError naming the first (:func:`check_predictions`).
 
     ``use_categories=False`` scores class-agnostic recall, as for RPN proposals.
     ``image_ids`` restricts evaluation to some images (default: all of ``coco_gt``).
@@ -97,19 +244,14 @@ def coco_evaluate(
     unknown_types = set(iou_types) - set(IOU_TYPES)
     if unknown_types or not iou_types:
         raise ValueError(f"iou_types must be a non-empty subset of {IOU_TYPES}, got {tuple(iou_types)}")
-    known_ids = set(gt.getImgIds())
-    unknown_ids = {p["image_id"] for p in predictions} - known_ids
-    if unknown_ids:
-        raise ValueError(f"predictions refer to image ids not in the ground truth: {sorted(unknown_ids)[:10]}")
-    if "segm" in iou_types and any("segmentation" not in p for p in predictions):
-        raise ValueError("iou_types includes 'segm' but some predictions have no 'segmentation'")
+    check_predictions(predictions, gt, iou_types)
     if len(max_dets) != 3 or sorted(max_dets) != list(max_dets):
         raise ValueError(f"max_dets must be three increasing detection budgets, got {tuple(max_dets)}")
     names = _stat_names(max_dets)
     results = {}
     for iou_type in iou_types:
         if not predictions:
-            results[iou_type] = {name: 0.0 for name in names}
+            results[iou_type] = _no_object_stats(gt, names, image_ids)
             continue
         with contextlib.redirect_stdout(io.StringIO()):
             # loadRes on bbox results would also invent a polygon per box; give it copies.

@@ -126,10 +126,14 @@ class FPN(nn.Module):
         extra_blocks: LastLevelMaxPool | LastLevelP6P7 | None = None,
     ) -> None:
         super().__init__()
-        if len(in_channels_list) == 0 or any(int(c) < 1 for c in in_channels_list):
-            raise ValueError(f"in_channels_list must be a non-empty list of positive ints, got {list(in_channels_list)}")
-        if out_channels < 1:
-            raise ValueError(f"out_channels must be positive, got {out_channels}")
+        def positive_int(c) -> bool:
+            return isinstance(c, int) and not isinstance(c, bool) and c >= 1
+
+        if isinstance(in_channels_list, (str, bytes)) or len(in_channels_list) == 0 \
+                or not all(positive_int(c) for c in in_channels_list):
+            raise ValueError(f"in_channels_list must be a non-empty list of positive ints, got {in_channels_list!r}")
+        if not positive_int(out_channels):
+            raise ValueError(f"out_channels must be a positive int, got {out_channels!r}")
         if isinstance(extra_blocks, LastLevelP6P7):
             expected = out_channels if extra_blocks.use_p5 else in_channels_list[-1]
             if extra_blocks.in_channels != expected:

@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from pycocotools import mask as mask_utils
+
+from .files import atomic_write_text
 
 SUPPORTED_SHAPES = ("polygon", "rectangle", "circle")
 
@@ -51,6 +52,26 @@ def shape_to_polygon(shape: dict, source: Path) -> list[float]:
     return points.flatten().tolist()
 
 
+def check_record(record, source: Path) -> None:
+    """Raise a ValueError naming ``source`` unless ``record`` is a labelme annotation file's content."""
+    if not isinstance(record, dict):
+        raise ValueError(f"{source} is not a labelme file: expected a JSON object")
+    for key in ("imagePath", "imageHeight", "imageWidth", "shapes"):
+        if key not in record:
+            raise ValueError(f"{source} is not a labelme file: no {key!r}")
+    if not isinstance(record["imagePath"], str) or not record["imagePath"]:
+        raise ValueError(f"{source}: imagePath must be a file name, got {record['imagePath']!r}")
+    for key in ("imageHeight", "imageWidth"):
+        value = record[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{source}: {key} must be a positive integer of pixels, got {value!r}")
+    if not isinstance(record["shapes"], list):
+        raise ValueError(f"{source}: shapes must be a list, got {type(record['shapes']).__name__}")
+    for i, shape in enumerate(record["shapes"]):
+        if not isinstance(shape, dict) or not isinstance(shape.get("label"), str) or not shape["label"]:
+            raise ValueError(f"{source}: shapes[{i}] has no 'label' (a class name)")
+
+
 def labelme_to_coco(
     input_dir: str | os.PathLike,
     out_file: str | os.PathLike,
@@ -67,6 +88,8 @@ def labelme_to_coco(
     input_dir, out_file = Path(input_dir), Path(out_file)
     if not input_dir.is_dir():
         raise FileNotFoundError(f"labelme folder not found: {input_dir}")
+    if out_file.is_dir():
+        raise ValueError(f"out_file {out_file} is a directory; give the path of the COCO JSON file to write")
     if out_file.exists() and not overwrite:
         raise FileExistsError(f"{out_file} already exists; pass overwrite=True to replace it")
     sources = sorted(input_dir.glob("*.json"))
@@ -78,9 +101,7 @@ def labelme_to_coco(
             record = json.loads(source.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise ValueError(f"{source} is not valid JSON: {error}") from None
-        for key in ("imagePath", "imageHeight", "imageWidth", "shapes"):
-            if key not in record:
-                raise ValueError(f"{source} is not a labelme file: no {key!r}")
+        check_record(record, source)
         records.append((source, record))
     found = sorted({s.get("label") for _, r in records for s in r["shapes"]})
     names = list(class_names) if class_names is not None else found
@@ -90,7 +111,7 @@ def labelme_to_coco(
     cat_ids = {name: i for i, name in enumerate(names, start=1)}
     images, annotations = [], []
     for image_id, (source, record) in enumerate(records, start=1):
-        height, width = int(record["imageHeight"]), int(record["imageWidth"])
+        height, width = record["imageHeight"], record["imageWidth"]
         images.append({"id": image_id, "file_name": record["imagePath"], "height": height, "width": width})
         for shape in record["shapes"]:
             polygon = shape_to_polygon(shape, source)
@@ -105,8 +126,4 @@ def labelme_to_coco(
             })
     coco = {"images": images, "annotations": annotations,
             "categories": [{"id": i, "name": n, "supercategory": "object"} for n, i in cat_ids.items()]}
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=out_file.parent, suffix=".tmp", delete=False, encoding="utf-8") as f:
-        json.dump(coco, f)
-    os.replace(f.name, out_file)
-    return out_file
+    return atomic_write_text(json.dumps(coco), out_file)

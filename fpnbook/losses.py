@@ -38,7 +38,9 @@ def sigmoid_focal_loss(
     negative (soft values in between work too). ``alpha < 0`` turns the α_t weighting off;
     ``gamma = 0`` gives (α-balanced) binary cross entropy. ``reduction``: ``"none"``
     (same shape as ``inputs``), ``"mean"`` or ``"sum"`` (a scalar).
-    Equals ``torchvision.ops.sigmoid_focal_loss``; finite for any finite logits.
+    Equals ``torchvision.ops.sigmoid_focal_loss``; finite for any finite logits. Stricter
+    than torchvision on invalid input: NaN ``alpha`` or ``gamma`` and ``targets`` outside
+    [0, 1] (which would make a negative "loss") raise a ValueError.
     """
     check_focal_args(inputs, targets, alpha, gamma, reduction)
     # log(p_t) comes from the logits directly, never from log(sigmoid(x)), which is -inf for x << 0.
@@ -65,12 +67,20 @@ def check_focal_args(inputs: Tensor, targets: Tensor, alpha: float, gamma: float
             raise TypeError(f"{name} must be a float Tensor, got {kind}")
     if inputs.shape != targets.shape:
         raise ValueError(f"targets must have the shape of inputs {list(inputs.shape)}, got {list(targets.shape)}")
-    if alpha > 1:
-        raise ValueError(f"alpha must be in [0, 1] (or negative to turn weighting off), got {alpha}")
-    if gamma < 0:
-        raise ValueError(f"gamma must be >= 0, got {gamma}")
+    if not _is_real(alpha) or alpha > 1:
+        raise ValueError(f"alpha must be a number in [0, 1] (or negative to turn weighting off), got {alpha!r}")
+    if not _is_real(gamma) or gamma < 0:
+        raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    # Stricter than torchvision, which returns a negative "loss" for targets outside [0, 1].
+    if targets.numel() and bool(((targets < 0) | (targets > 1) | targets.isnan()).any()):
+        raise ValueError("targets must lie in [0, 1] (1 positive, 0 negative), got values outside it")
+
+
+def _is_real(x) -> bool:
+    """A finite int or float (not a bool)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def cross_entropy_from_pt(p_t: Tensor | float) -> Tensor:
@@ -84,8 +94,8 @@ def focal_loss_from_pt(p_t: Tensor | float, gamma: float, alpha: float | None = 
     ``alpha`` is the weight α_t of the example's class; None means no weighting
     (Figure 1 of the paper plots that). ``gamma = 0`` gives the cross entropy.
     """
-    if gamma < 0:
-        raise ValueError(f"gamma must be >= 0, got {gamma}")
+    if not _is_real(gamma) or gamma < 0:
+        raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}")
     p_t = torch.as_tensor(p_t)
     loss = (1 - p_t) ** gamma * cross_entropy_from_pt(p_t)
     return loss if alpha is None else alpha * loss

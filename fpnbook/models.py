@@ -79,7 +79,11 @@ class ModelConfig:
         if self.kind == "mask_x_rcnn":
             if not self.mask_classes:
                 raise ValueError("ModelConfig.mask_classes (labels that have masks) is required for mask_x_rcnn")
-            self.mask_classes = tuple(sorted(int(c) for c in self.mask_classes))
+            if isinstance(self.mask_classes, (str, bytes)) or not all(
+                    isinstance(c, int) and not isinstance(c, bool) and 1 <= c <= self.num_classes for c in self.mask_classes):
+                raise ValueError(f"ModelConfig.mask_classes must be labels in 1..num_classes={self.num_classes}, "
+                                 f"got {self.mask_classes!r}")
+            self.mask_classes = tuple(sorted(set(self.mask_classes)))
         elif self.mask_classes is not None:
             raise ValueError(f"ModelConfig.mask_classes is only for mask_x_rcnn, not {self.kind}")
 

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .boxes import box_area, check_boxes
+from .boxes import box_area, check_box_shape, check_boxes
 from .ops import _output_size, roi_align, roi_pool
 
 
@@ -48,6 +48,7 @@ def assign_levels(
     """
     if k_min > k_max:
         raise ValueError(f"k_min must not exceed k_max, got k_min={k_min}, k_max={k_max}")
+    check_level_rule(canonical_scale, canonical_level)
     if isinstance(boxes, (list, tuple)):
         if not boxes:
             raise ValueError("boxes must hold at least one Tensor[L, 4], got an empty list")
@@ -58,6 +59,18 @@ def assign_levels(
     side = box_area(boxes).sqrt()
     levels = torch.floor(canonical_level + torch.log2(side / canonical_scale) + eps)
     return levels.clamp(k_min, k_max).long() - k_min
+
+
+def check_level_rule(canonical_scale: float, canonical_level: int) -> None:
+    """Raise a ValueError unless ``s0`` is a finite positive number and ``k0`` an int.
+
+    With ``s0 <= 0`` the log2 is NaN or inf, and every box would go to one level.
+    """
+    if isinstance(canonical_scale, bool) or not isinstance(canonical_scale, (int, float)) \
+            or not math.isfinite(canonical_scale) or canonical_scale <= 0:
+        raise ValueError(f"canonical_scale must be a positive number of pixels, got {canonical_scale!r}")
+    if isinstance(canonical_level, bool) or not isinstance(canonical_level, int):
+        raise ValueError(f"canonical_level must be an int (a pyramid level), got {canonical_level!r}")
 
 
 def _infer_scale(feature: Tensor, image_size: tuple[int, int]) -> float:
@@ -103,6 +116,7 @@ class MultiScaleRoIAlign(nn.Module):
             raise ValueError(f"featmap_names must be a non-empty list of names, got {featmap_names!r}")
         if pool not in ("align", "pool"):
             raise ValueError(f"pool must be 'align' or 'pool', got {pool!r}")
+        check_level_rule(canonical_scale, canonical_level)
         self.featmap_names = list(featmap_names)
         self.output_size = _output_size(output_size)
         self.sampling_ratio = sampling_ratio
@@ -124,8 +138,16 @@ class MultiScaleRoIAlign(nn.Module):
             raise ValueError("image_shapes must list each image's (height, width), got an empty list")
         if not isinstance(boxes, (list, tuple)):
             raise TypeError(f"boxes must be a list of Tensor[L, 4], one per image, got {type(boxes).__name__}")
+        for i, b in enumerate(boxes):
+            check_box_shape(b, f"boxes[{i}]")
+        for i, shape in enumerate(image_shapes):
+            if len(shape) != 2 or not all(isinstance(v, int) and v > 0 for v in shape):
+                raise ValueError(f"image_shapes[{i}] must be a (height, width) of positive ints, got {tuple(shape)}")
         # Keep x's order (finest level first), as torchvision does.
         features = [v for k, v in x.items() if k in self.featmap_names]
+        if len(boxes) > len(features[0]):
+            raise ValueError(f"boxes must hold at most one Tensor[L, 4] per image: got {len(boxes)} for a batch of "
+                             f"{len(features[0])} feature maps")
         largest = (max(s[0] for s in image_shapes), max(s[1] for s in image_shapes))
         scales = [_infer_scale(f, largest) for f in features]
 

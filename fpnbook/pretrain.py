@@ -25,7 +25,6 @@ from __future__ import annotations
 import os
 import zlib
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,6 +34,7 @@ from torchvision.ops import masks_to_boxes
 
 from .backbone import norm_layer
 from .data import SHAPE_CLASSES, render_image
+from .files import atomic_save, load_torch_file
 from .fpn import FPN, BackboneWithFPN, LastLevelMaxPool
 from .images import batch_images
 from .models import ModelConfig, build_body
@@ -98,6 +98,10 @@ def semantic_labels(masks: Tensor, boxes: Tensor, labels: Tensor, has_mask: Tens
     empty mask) gets :data:`IGNORE` over its box: its pixels are unknown, not background.
     Where masks overlap, the later one wins.
     """
+    if masks.ndim != 3 or len(boxes) != len(masks) or labels.shape != (len(masks),) or \
+            (has_mask is not None and has_mask.shape != (len(masks),)):
+        shapes = [list(t.shape) for t in (masks, boxes, labels) + ((has_mask,) if has_mask is not None else ())]
+        raise ValueError(f"masks [N, H, W], boxes [N, 4], labels [N] (and has_mask [N]) must agree on N, got {shapes}")
     height, width = masks.shape[-2:]
     label = torch.zeros(height, width, dtype=torch.int64)
     masks = masks.bool()
@@ -265,7 +269,7 @@ def export_backbone(checkpoint: str | os.PathLike, out: str | os.PathLike, **ext
     ``mask_classes``, ``steps`` and ``train_seconds`` (every session of a resumed run
     counted) come from the checkpoint; ``extra`` adds fields (``command``, ``mask_classes``, ...). Returns what was written.
     """
-    from .train import _atomic_save, load_checkpoint
+    from .train import load_checkpoint
 
     state = load_checkpoint(checkpoint)
     config = state["model_config"] or {}
@@ -276,16 +280,13 @@ def export_backbone(checkpoint: str | os.PathLike, out: str | os.PathLike, **ext
     model.load_state_dict(state["model"])
     payload = backbone_state(model, **{"mask_classes": config.get("mask_classes"), "steps": state["step"],
                                        "train_seconds": state.get("train_seconds"), **extra})
-    _atomic_save(payload, Path(out))
+    atomic_save(payload, out)
     return payload
 
 
 def read_backbone(path: str | os.PathLike) -> dict:
     """Load a pretrained-backbone file (``weights_only``), raising a clear error if it is not one."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"pretrained backbone file not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_torch_file(path, "pretrained backbone file")
     if not isinstance(state, dict) or state.get("format") != BACKBONE_FORMAT:
         raise ValueError(f"{path} is not a pretrained backbone (expected format {BACKBONE_FORMAT!r}, "
                          "e.g. checkpoints/backbone.pt)")

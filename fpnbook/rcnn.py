@@ -33,9 +33,9 @@ from torch import Tensor, nn
 from .anchors import AnchorGenerator
 from .backbone import resnet_tiny
 from .fpn import FPN, BackboneWithFPN, LastLevelMaxPool
-from .images import batch_images
+from .images import batch_images, check_targets
 from .poolers import MultiScaleRoIAlign
-from .roi_heads import BoxPredictor, MaskHead, MaskPredictor, RoIHeads, TwoMLPHead, check_targets, paste_masks_in_image
+from .roi_heads import BoxPredictor, MaskHead, MaskPredictor, RoIHeads, TwoMLPHead, paste_masks_in_image
 from .rpn import ASPECT_RATIOS, SMALL_ANCHOR_SIZES, RegionProposalNetwork, RPNHead
 from .timing import stage
 
@@ -110,14 +110,12 @@ class FasterRCNN(nn.Module):
     def forward(
         self, images: Sequence[Tensor], targets: Sequence[Mapping[str, Tensor]] | None = None
     ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
-        if self.training and targets is None:
-            raise ValueError("targets must be given in training mode (a list of dicts with 'boxes', 'labels'"
-                             + (", 'masks')" if self.roi_heads.has_mask() else ")"))
         with stage("batch_images"):
             batch, image_sizes = batch_images(images)
-        if targets is not None:
-            with stage("checks"):
-                check_targets(targets, image_sizes, masks=self.roi_heads.has_mask())
+        if self.training or targets is not None:
+            with stage("checks"):  # once per step, here; the RPN and the RoI heads trust CheckedTargets
+                targets = check_targets(targets, len(image_sizes), self.roi_heads.box_predictor.num_classes - 1,
+                                        image_sizes, masks=self.roi_heads.has_mask())
         features = self.backbone(batch)
         with stage("rpn"):
             proposals, rpn_losses = self.rpn(batch, image_sizes, features, targets if self.training else None)

@@ -31,9 +31,9 @@ from torchvision.ops import batched_nms
 
 from .anchors import AnchorGenerator, octave_sizes
 from .backbone import group_norm_groups, resnet_tiny
-from .boxes import BoxCoder, box_iou, check_boxes, clip_boxes_to_image
+from .boxes import BoxCoder, box_iou, clip_boxes_to_image
 from .fpn import FPN, BackboneWithFPN, LastLevelP6P7
-from .images import batch_images
+from .images import batch_images, check_targets
 from .losses import prior_bias, sigmoid_focal_loss
 from .matching import BETWEEN_THRESHOLDS, Matcher
 from .timing import stage
@@ -255,7 +255,7 @@ class RetinaNet(nn.Module):
     ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
         if self.training:
             with stage("checks"):
-                self.check_targets(targets, len(images))
+                targets = check_targets(targets, len(images), self.num_classes)
         with stage("batch_images"):
             batch, image_sizes = batch_images(images)
         features = list(self.backbone(batch).values())
@@ -267,26 +267,6 @@ class RetinaNet(nn.Module):
             with stage("retinanet.loss"):
                 return self.compute_loss(targets, head_outputs, torch.cat(anchors))
         return self.postprocess(head_outputs, anchors, image_sizes)
-
-    def check_targets(self, targets: Sequence[Mapping[str, Tensor]] | None, num_images: int) -> None:
-        """Raise unless there is one ``{"boxes", "labels"}`` dict per image: positive-size XYXY boxes, labels 1..K."""
-        if targets is None:
-            raise ValueError("targets are required in training mode (call model.eval() to predict)")
-        if isinstance(targets, Mapping) or len(targets) != num_images:
-            raise ValueError(f"targets must be a list of one dict per image ({num_images} images)")
-        for i, target in enumerate(targets):
-            if not isinstance(target, Mapping) or "boxes" not in target or "labels" not in target:
-                raise ValueError(f"targets[{i}] must be a dict with 'boxes' and 'labels'")
-            # Zero-size boxes would overlap every anchor by 0 and, as their "best" anchors, match them all.
-            boxes = check_boxes(target["boxes"], f"targets[{i}]['boxes']", allow_degenerate=False)
-            labels = target["labels"]
-            integer = isinstance(labels, Tensor) and not labels.is_floating_point() and labels.dtype != torch.bool
-            if not integer or labels.shape != boxes.shape[:1]:
-                raise ValueError(f"targets[{i}]['labels'] must be an integer Tensor[{len(boxes)}] (one label per box)")
-            if len(labels) and (labels.min() < 1 or labels.max() > self.num_classes):
-                raise ValueError(
-                    f"targets[{i}]['labels'] must be in 1..{self.num_classes} (0 is background), got {labels.tolist()}"
-                )
 
     def match(self, targets: Sequence[Mapping[str, Tensor]], anchors: Tensor) -> Tensor:
         """Label each anchor of each image: LongTensor[B, N] of ground-truth indices, -1 background, -2 ignored.

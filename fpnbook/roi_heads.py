@@ -55,6 +55,7 @@ from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
 from .boxes import BoxCoder, box_iou, check_boxes, clip_boxes_to_image, remove_small_boxes
+from .images import check_targets
 from .matching import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, BalancedSampler, Matcher
 from .ops import roi_align
 from .timing import stage
@@ -266,38 +267,6 @@ def paste_masks_in_image(masks: Tensor, boxes: Tensor, image_size: tuple[int, in
     return (rows @ padded @ cols.transpose(1, 2))[:, None]
 
 
-def check_targets(
-    targets: Sequence[Mapping[str, Tensor]], image_sizes: Sequence[tuple[int, int]], masks: bool = False
-) -> None:
-    """Raise unless each target has float ``boxes`` [G, 4], int64 ``labels`` [G] >= 1, and (if ``masks``) ``masks`` [G, h, w].
-
-    ``h, w`` is the image's size in ``image_sizes``. An optional ``has_mask`` must be a bool [G].
-    """
-    if isinstance(targets, Mapping) or not isinstance(targets, Sequence):
-        raise TypeError(f"targets must be a list of dicts, one per image, got {type(targets).__name__}")
-    if len(targets) != len(image_sizes):
-        raise ValueError(f"targets must have one dict per image: {len(targets)} for {len(image_sizes)} images")
-    for i, (target, size) in enumerate(zip(targets, image_sizes)):
-        if not isinstance(target, Mapping) or "boxes" not in target or "labels" not in target:
-            raise ValueError(f"targets[{i}] must be a dict with 'boxes' and 'labels'" + (" and 'masks'" if masks else ""))
-        boxes, labels = check_boxes(target["boxes"], f"targets[{i}]['boxes']"), target["labels"]
-        if not isinstance(labels, Tensor) or labels.dtype != torch.int64 or labels.shape != boxes.shape[:1]:
-            raise ValueError(f"targets[{i}]['labels'] must be an int64 Tensor[{boxes.shape[0]}] (one per box)")
-        if (labels < 1).any():
-            raise ValueError(f"targets[{i}]['labels'] must be classes 1..K (0 is the background), got {labels.tolist()}")
-        if masks:
-            gt_masks = target.get("masks")
-            expected = [boxes.shape[0], int(size[0]), int(size[1])]
-            if not isinstance(gt_masks, Tensor) or list(gt_masks.shape) != expected:
-                got = list(gt_masks.shape) if isinstance(gt_masks, Tensor) else type(gt_masks).__name__
-                raise ValueError(f"targets[{i}]['masks'] must be a Tensor{expected} (one mask per box, the image's size), got {got}")
-        has_mask = target.get("has_mask")
-        if has_mask is not None and (
-            not isinstance(has_mask, Tensor) or has_mask.dtype != torch.bool or has_mask.shape != boxes.shape[:1]
-        ):
-            raise ValueError(f"targets[{i}]['has_mask'] must be a bool Tensor[{boxes.shape[0]}] (one per box)")
-
-
 class RoIHeads(nn.Module):
     """Box branch and (optional) mask branch on top of the proposals.
 
@@ -375,10 +344,9 @@ class RoIHeads(nn.Module):
                 check_boxes(p, f"proposals[{i}]")
         if not self.training:
             return self.detect(features, proposals, image_sizes), {}
-        if targets is None:
-            raise ValueError("targets must be given in training mode (a list of dicts with 'boxes', 'labels')")
-        with stage("checks"):
-            check_targets(targets, image_sizes, masks=self.has_mask())
+        with stage("checks"):  # a no-op when the model's forward has checked them already
+            targets = check_targets(targets, len(image_sizes), num_classes=self.box_predictor.num_classes - 1,
+                                    image_sizes=image_sizes, masks=self.has_mask())
         return [], self.losses(features, proposals, image_sizes, targets)
 
     def losses(
@@ -395,13 +363,6 @@ class RoIHeads(nn.Module):
             box_features = self.box_roi_pool(features, rois, image_sizes)
         with stage("box_head"):
             class_logits, box_regression = self.box_predictor(self.box_head(box_features))
-        num_classes = class_logits.shape[1]
-        with stage("checks"):
-            for i, target in enumerate(targets):
-                if (target["labels"] >= num_classes).any():
-                    raise ValueError(
-                        f"targets[{i}]['labels'] must be < num_classes={num_classes}, got {target['labels'].tolist()}"
-                    )
         with stage("roi.loss"):
             loss_classifier, loss_box_reg = fast_rcnn_loss(class_logits, box_regression, labels, regression_targets)
         losses = {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}

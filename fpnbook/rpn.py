@@ -35,9 +35,9 @@ from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
 from .anchors import AnchorGenerator
-from .boxes import BoxCoder, box_iou, check_boxes, clip_boxes_to_image, remove_small_boxes
+from .boxes import BoxCoder, box_iou, clip_boxes_to_image, remove_small_boxes
 from .fpn import FPN, LastLevelMaxPool
-from .images import batch_images
+from .images import batch_images, check_targets
 from .matching import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, BalancedSampler, Matcher
 from .timing import stage
 
@@ -174,11 +174,9 @@ class RegionProposalNetwork(nn.Module):
         features: Mapping[str, Tensor],
         targets: Sequence[Mapping[str, Tensor]] | None = None,
     ) -> tuple[list[Tensor], dict[str, Tensor]]:
-        if self.training and targets is None:
-            raise ValueError("targets must be given in training mode (a list of dicts with 'boxes')")
-        if targets is not None:
-            with stage("checks"):
-                check_targets(targets, len(image_sizes))
+        if self.training or targets is not None:
+            with stage("checks"):  # a no-op when the model's forward has checked them already
+                targets = check_targets(targets, len(image_sizes), labels=False)
         anchors, objectness, deltas, num_per_level = self.predict(images, image_sizes, features)
         with stage("rpn.proposals"):
             proposals = self.select_proposals(anchors, objectness.detach(), deltas.detach(), image_sizes, num_per_level)
@@ -194,7 +192,7 @@ class RegionProposalNetwork(nn.Module):
         skips :meth:`select_proposals`, whose boxes only the RoI heads would use.
         """
         with stage("checks"):
-            check_targets(targets, objectness.shape[0])
+            targets = check_targets(targets, objectness.shape[0], labels=False)
         with stage("rpn.targets"):
             labels, regression_targets = self.assign_targets(anchors, targets)
         with stage("rpn.loss"):
@@ -333,18 +331,6 @@ def check_inputs(images: Tensor, image_sizes: Sequence[tuple[int, int]], feature
     return maps
 
 
-def check_targets(targets: Sequence[Mapping[str, Tensor]], num_images: int) -> None:
-    """Raise unless ``targets`` is one dict per image with ``boxes`` a float Tensor[G, 4] XYXY."""
-    if isinstance(targets, Mapping) or not isinstance(targets, Sequence):
-        raise TypeError(f"targets must be a list of dicts, one per image, got {type(targets).__name__}")
-    if len(targets) != num_images:
-        raise ValueError(f"targets must have one dict per image: {len(targets)} for {num_images} images")
-    for i, target in enumerate(targets):
-        if not isinstance(target, Mapping) or "boxes" not in target:
-            raise ValueError(f"targets[{i}] must be a dict with 'boxes' Tensor[G, 4] (XYXY pixels)")
-        check_boxes(target["boxes"], f"targets[{i}]['boxes']")
-
-
 class RPNModel(nn.Module):
     """A trainable RPN on its own, for FPN Table 1 (RPN on C4, on C5, or on the FPN).
 
@@ -397,6 +383,8 @@ class RPNModel(nn.Module):
         self, images: Sequence[Tensor], targets: Sequence[Mapping[str, Tensor]] | None = None
     ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
         batch, image_sizes = batch_images(images)
+        if self.training:  # checked once, here, where they enter
+            targets = check_targets(targets, len(image_sizes), labels=False)
         maps = self.backbone(batch)
         if self.fpn is not None:
             maps = self.fpn(maps)
@@ -404,7 +392,5 @@ class RPNModel(nn.Module):
             maps = OrderedDict([(self.features, maps[self.features])])
         if not self.training:
             return self.rpn.propose(batch, image_sizes, maps)
-        if targets is None:
-            raise ValueError("targets must be given in training mode (a list of dicts with 'boxes')")
         anchors, objectness, deltas, _ = self.rpn.predict(batch, image_sizes, maps)
         return self.rpn.losses(anchors, objectness, deltas, targets)

@@ -23,7 +23,6 @@ import json
 import math
 import os
 import platform
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -36,6 +35,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .data import collate
 from .evaluate import coco_evaluate, to_coco_results
+from .files import atomic_save, load_torch_file
 
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -117,9 +117,17 @@ class TrainConfig:
             _check_number("ema_decay", self.ema_decay, low=0, high=1, low_open=True, high_open=True)
         if self.milestones is None:
             self.milestones = (self.iterations * 2 // 3, self.iterations * 8 // 9)
-        self.milestones = tuple(int(m) for m in self.milestones)
+        if isinstance(self.milestones, (str, bytes)) or not all(_is_int(m) for m in self.milestones):
+            raise ValueError(f"TrainConfig.milestones must be a sequence of int steps, got {self.milestones!r}")
+        self.milestones = tuple(self.milestones)
+        if any(not 0 <= m <= self.iterations for m in self.milestones):
+            raise ValueError(f"TrainConfig.milestones must lie in 0..iterations={self.iterations}, got {self.milestones}")
         if list(self.milestones) != sorted(self.milestones):
             raise ValueError(f"TrainConfig.milestones must be increasing, got {self.milestones}")
+        try:
+            resolve_device(self.device)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"TrainConfig.device: {error}") from None
 
 
 def _is_int(value) -> bool:
@@ -141,11 +149,28 @@ def _check_number(name: str, value, low: float, high: float | None = None,
         raise ValueError(f"TrainConfig.{name} must be a finite number {interval}, got {value!r}")
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    """``"auto"`` picks CUDA when present, else the CPU."""
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` picks CUDA when present, else the CPU; ``"cpu"``, ``"cuda"``, ``"cuda:1"`` name one.
+
+    Raises a ValueError for a name torch does not know, or a CUDA device this machine lacks.
+    """
+    if isinstance(device, torch.device):
+        return device
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a str such as 'auto', 'cpu' or 'cuda', got {type(device).__name__}")
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (resolved.index or 0) >= count:
+            raise ValueError(f"device {device!r} is not available: this machine has {count} CUDA device(s)")
+    elif resolved.type != "cpu":
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    return resolved
 
 
 def learning_rate_factor(step: int, config: TrainConfig) -> float:
@@ -226,6 +251,8 @@ class ModelEMA:
 
 def batch_indices(step: int, batch_size: int, dataset_size: int, seed: int) -> list[int]:
     """The dataset indices of global batch ``step``: epoch ``e`` is a permutation seeded by ``(seed, e)``."""
+    if dataset_size < 1:
+        raise ValueError("the dataset is empty: there is nothing to train on")
     start = step * batch_size
     indices = []
     while len(indices) < batch_size:
@@ -271,17 +298,6 @@ def move_to(images: Sequence[torch.Tensor], targets: Sequence[dict] | None, devi
 # ---------------------------------------------------------------- checkpoints
 
 
-def _atomic_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as f:
-        tmp = Path(f.name)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer=None, scheduler=None, scaler=None,
                     step: int = 0, config: TrainConfig | None = None, model_config: dict | None = None,
                     ema: ModelEMA | None = None, train_seconds: float = 0.0) -> Path:
@@ -296,7 +312,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer=None, s
         "format": "fpnbook-checkpoint-1",
         "fpnbook_version": __version__,
         "step": step,
-        "train_seconds": round(float(train_seconds), 2),
+        "train_seconds": float(train_seconds),
         "model": model.state_dict(),
         "model_config": model_config,
         "train_config": dataclasses.asdict(config) if config else None,
@@ -307,19 +323,12 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer=None, s
         "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
     }
     path = Path(path)
-    _atomic_save(payload, path)
-    return path
+    return atomic_save(payload, path)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``: no code runs)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # a truncated or foreign file fails in many ways
-        raise ValueError(f"{path} is not a readable checkpoint ({type(error).__name__}: {error})") from None
+    payload = load_torch_file(path, "checkpoint", map_location)
     if not isinstance(payload, dict) or payload.get("format") != "fpnbook-checkpoint-1" or "model" not in payload:
         raise ValueError(f"{path} is not an fpnbook checkpoint (no 'format': 'fpnbook-checkpoint-1')")
     return payload
@@ -339,8 +348,11 @@ def export_weights(checkpoint: str | os.PathLike, out: str | os.PathLike, **extr
     payload["model"] = {name: tensor.contiguous().clone() for name, tensor in weights.items()}
     payload.update(extra)
     out = Path(out)
-    _atomic_save(payload, out)
+    atomic_save(payload, out)
     return out
+
+
+RUN_FILES = ("last.pt", "metrics.jsonl", "summary.json")
 
 
 def check_resumable(state: dict, path, config: TrainConfig, model_config: dict | None) -> None:
@@ -370,7 +382,7 @@ def _tuple_lists(d: dict) -> dict:
 
 def train(model: nn.Module, dataset, config: TrainConfig, val_dataset=None, resume: str | os.PathLike | None = None,
           model_config: dict | None = None,
-          callback: Callable[[int, nn.Module], bool | None] | None = None) -> list[dict]:
+          callback: Callable[[int, nn.Module], bool | None] | None = None, overwrite: bool = False) -> list[dict]:
     """Train ``model`` on ``dataset`` for ``config.iterations`` steps. Returns the logged records.
 
     With ``config.out_dir`` it writes ``metrics.jsonl`` and ``last.pt`` there (and a
@@ -380,11 +392,18 @@ def train(model: nn.Module, dataset, config: TrainConfig, val_dataset=None, resu
     done; the model is the EMA when there is one); when it returns True training stops
     there, checkpointed, as if ``iterations`` had been reached (``benchmarks/time_to_ap.py``
     uses it to evaluate at fixed minutes).
+    A folder that already holds a run is refused (FileExistsError) unless ``resume`` continues
+    it or ``overwrite=True`` starts it afresh (its old ``metrics.jsonl`` is then replaced).
     A non-finite loss stops training with FloatingPointError, leaving the last good
     checkpoint in place. Under ``torchrun`` the model is wrapped in DDP and each process
     takes its share of every global batch.
     """
     device = resolve_device(config.device)
+    run_files = [Path(config.out_dir) / name for name in RUN_FILES] if config.out_dir else []
+    taken = [f for f in run_files if f.exists()]
+    if taken and resume is None and not overwrite:
+        raise FileExistsError(f"{Path(config.out_dir)} already holds a run ({', '.join(f.name for f in taken)}); "
+                              "resume it, or pass overwrite=True (--overwrite) to start it afresh")
     distributed = dist.is_available() and dist.is_initialized()
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     torch.manual_seed(config.seed)
@@ -398,7 +417,11 @@ def train(model: nn.Module, dataset, config: TrainConfig, val_dataset=None, resu
     if resume is not None:
         state = load_checkpoint(resume)
         check_resumable(state, resume, config, model_config)
-        model.load_state_dict(state["model"])
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as error:  # another kind or size of model
+            first = str(error).splitlines()[0]
+            raise ValueError(f"{resume} does not fit this model ({first}); was it trained with other settings?") from None
         optimizer.load_state_dict(state["optimizer"])
         if ema is not None:
             ema.load_state_dict(state["ema"])
@@ -416,7 +439,8 @@ def train(model: nn.Module, dataset, config: TrainConfig, val_dataset=None, resu
     out_dir = Path(config.out_dir) if config.out_dir and rank == 0 else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
-    log = open(out_dir / "metrics.jsonl", "a", encoding="utf-8") if out_dir else None
+    # A resumed run appends to its log; a fresh (or overwritten) run starts a new one.
+    log = open(out_dir / "metrics.jsonl", "a" if resume is not None else "w", encoding="utf-8") if out_dir else None
     records = []
 
     def record(entry: dict) -> None:

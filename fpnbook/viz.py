@@ -22,6 +22,8 @@ def to_uint8(image: Tensor) -> Tensor:
     if not isinstance(image, Tensor) or image.ndim != 3 or image.shape[0] not in (1, 3):
         raise ValueError(f"image must be a Tensor[3, H, W], got {getattr(image, 'shape', type(image).__name__)}")
     image = image.detach().cpu()
+    if image.is_floating_point() and not torch.isfinite(image).all():
+        raise ValueError("image contains NaN or infinite pixels")
     if image.dtype != torch.uint8:
         image = (image.float().clamp(0, 1) * 255).round().to(torch.uint8)
     return image.expand(3, -1, -1) if image.shape[0] == 1 else image
@@ -41,6 +43,9 @@ def draw_detections(
     Outputs keep only detections with ``score >= score_threshold``.
     """
     canvas = to_uint8(image)
+    missing = [k for k in ("boxes", "labels") if k not in target_or_output]
+    if missing:
+        raise ValueError(f"target_or_output lacks {missing}; a target or a model output has 'boxes' and 'labels'")
     boxes = target_or_output["boxes"].detach().cpu().float().reshape(-1, 4)
     labels = target_or_output["labels"].detach().cpu().reshape(-1).tolist()
     if len(boxes) != len(labels):

@@ -106,21 +106,18 @@ def test_train_rejects_bad_config(tiny_data, tmp_path, capsys):
 
 @pytest.mark.parametrize("flags, message", [
     (["--optimizer", "adam"], "invalid choice"),
-    (["--ema-decay", "1.5"], "TrainConfig.ema_decay"),
-    (["--rpn-pre-nms-top-n", "0"], "ModelConfig.rpn_pre_nms_top_n_train"),
-    (["--rpn-post-nms-top-n", "-3"], "ModelConfig.rpn_post_nms_top_n_train"),
-    (["--rois-per-image", "0"], "ModelConfig.box_batch_size_per_image"),
-    (["--lr", "-1"], "TrainConfig.lr"),
+    (["--ema-decay", "1.5"], "--ema-decay"),
+    (["--rpn-pre-nms-top-n", "0"], "--rpn-pre-nms-top-n"),
+    (["--rpn-post-nms-top-n", "-3"], "--rpn-post-nms-top-n"),
+    (["--rois-per-image", "0"], "--rois-per-image"),
+    (["--lr", "-1"], "--lr"),
 ])
 def test_train_rejects_bad_recipe_options(tiny_data, tmp_path, capsys, flags, message):
     argv = ["train", "--out", str(tmp_path), "--train-ann", str(tiny_data / "train.json"),
             "--train-images", str(tiny_data / "train"), *flags]
-    if message == "invalid choice":
-        with pytest.raises(SystemExit):
-            main(argv)
-    else:
-        assert main(argv) == 2
-    assert message in capsys.readouterr().err
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
 
 
 def test_bad_mask_classes_name_the_flag(tiny_data, tmp_path, capsys):

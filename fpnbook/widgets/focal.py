@@ -70,10 +70,11 @@ def focal_explorer_state(
     ``hard_negative_share``, ``easy_negative_share`` (summing to 1); ``ce_easy_negative_share``
     (the same share under plain CE, for reference); ``gamma``, ``alpha``, ``easy_pt``.
     """
+    # Written as "not (inside)" so that NaN, which fails every comparison, is refused too.
     if not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    if gamma < 0:
-        raise ValueError(f"gamma must be >= 0, got {gamma}")
+    if not 0 <= gamma < float("inf"):
+        raise ValueError(f"gamma must be a finite number >= 0, got {gamma}")
     if not 0 < easy_pt < 1:
         raise ValueError(f"easy_pt must be in (0, 1), got {easy_pt}")
     pos, neg = as_probabilities(pos_pt, "pos_pt"), as_probabilities(neg_pt, "neg_pt")

@@ -140,9 +140,14 @@ def roi_explorer_state(image: np.ndarray | Tensor, x: float, y: float, w: float,
         raise ValueError(f"stride must be one of {STRIDES}, got {stride!r}")
     if not (isinstance(output_size, int) and output_size > 0):
         raise ValueError(f"output_size must be a positive int, got {output_size!r}")
+    for name, value in (("x", x), ("y", y), ("w", w), ("h", h)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number of pixels, got {value!r}")
     if not (w > 0 and h > 0):
         raise ValueError(f"w and h must be positive, got w={w!r}, h={h!r}")
     grey = grey_image(image)
+    if min(grey.shape) < stride:
+        raise ValueError(f"image must be at least stride={stride} pixels on each side, got {tuple(grey.shape)}")
     feature = feature_map(grey, stride)
     box = (float(x), float(y), float(x + w), float(y + h))
     pool_region, pool_bins = roipool_bins(box, stride, output_size, *feature.shape)
