@@ -223,11 +223,12 @@ def train_config(arm: Arm, iterations: int, batch_size: int, seed: int, device, 
 
 
 def probe_step_seconds(arm: Arm, model, train_set, batch_size: int, seed: int, device, workers: int,
-                       warmup: int, timed: int, now: Callable[[], float] = time.perf_counter) -> float:
+                       warmup: int, timed: int, now: Callable[[], float] | None = None) -> float:
     """Seconds per training step of ``arm``: ``warmup`` steps, then the mean of ``timed`` steps, on a copy."""
     from fpnbook.train import train
 
     stamps: list[float] = []
+    now = now if now is not None else time.perf_counter
 
     def tick(done: int, _model) -> None:
         synchronize(device)
@@ -254,8 +255,8 @@ class BudgetClock:
 
     def __init__(self, marks_min: Sequence[float], budget_min: float, iterations: int,
                  evaluate: Callable, device, report: Callable[[str], None] = print,
-                 now: Callable[[], float] = time.perf_counter) -> None:
-        self.now = now
+                 now: Callable[[], float] | None = None) -> None:
+        self.now = now if now is not None else time.perf_counter
         self.pending = sorted(marks_min)
         self.budget_s, self.iterations = budget_min * 60, iterations
         self.evaluate, self.device, self.report = evaluate, device, report
