@@ -30,6 +30,10 @@ def _is_real(v) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _is_id(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def _check_bbox(box, name: str) -> None:
     if not isinstance(box, (list, tuple)) or len(box) != 4:
         raise ValueError(f"{name} has bbox {box!r}; expected [x, y, w, h]")
@@ -57,12 +61,12 @@ def coco_from_dict(dataset: Mapping, source: str = "the annotations") -> COCO:
     dataset.setdefault("annotations", [])
     if not isinstance(dataset["annotations"], list):
         raise ValueError(f"{source}: 'annotations' must be a list")
-    for i, image in enumerate(dataset["images"]):
-        if not isinstance(image, Mapping) or "id" not in image:
-            raise ValueError(f"{source}: images[{i}] has no 'id' ({image!r})")
-    for i, category in enumerate(dataset["categories"]):
-        if not isinstance(category, Mapping) or "id" not in category:
-            raise ValueError(f"{source}: categories[{i}] has no 'id' ({category!r})")
+    for what in ("images", "categories"):
+        for i, entry in enumerate(dataset[what]):
+            if not isinstance(entry, Mapping) or "id" not in entry:
+                raise ValueError(f"{source}: {what}[{i}] has no 'id' ({entry!r})")
+            if not _is_id(entry["id"]):
+                raise ValueError(f"{source}: {what}[{i}] has id {entry['id']!r}; COCO ids are integers")
     image_ids = {image["id"] for image in dataset["images"]}
     cat_ids = {c["id"] for c in dataset["categories"]}
     orphans = 0
@@ -72,6 +76,9 @@ def coco_from_dict(dataset: Mapping, source: str = "the annotations") -> COCO:
         name = f"annotation {annotation.get('id', i)!r} (image {annotation.get('image_id')!r}) in {source}"
         if "image_id" not in annotation:
             raise ValueError(f"{name} has no 'image_id'")
+        for key in ("id", "image_id", "category_id"):
+            if key in annotation and not _is_id(annotation[key]):
+                raise ValueError(f"{name} has {key} {annotation[key]!r}; COCO ids are integers")
         orphans += annotation["image_id"] not in image_ids
         if annotation.get("category_id") not in cat_ids:
             raise ValueError(f"{name} has category_id {annotation.get('category_id')!r}, which is not among "

@@ -104,6 +104,20 @@ SILENT_CASES = {
         NAN, 0.25, torch.tensor([0.5]), torch.tensor([0.5]))),
     "focal widget alpha=NaN": (ValueError, "alpha", lambda: focal_widget.focal_explorer_state(
         2.0, NAN, torch.tensor([0.5]), torch.tensor([0.5]))),
+    "focal widget p_t=NaN": (ValueError, "pos_pt", lambda: focal_widget.focal_explorer_state(
+        2.0, 0.25, torch.tensor([NAN]), torch.tensor([0.5]))),
+    "focal widget weight=NaN": (ValueError, "neg_weight", lambda: focal_widget.focal_explorer_state(
+        2.0, 0.25, torch.tensor([0.5]), torch.tensor([0.5]), neg_weight=[NAN])),
+    "TrainConfig(milestones='12')": (ValueError, "milestones", lambda: train.TrainConfig(milestones="12")),
+    "TrainConfig(milestones beyond the run)": (ValueError, "milestones",
+                                               lambda: train.TrainConfig(iterations=10, milestones=(5, 50))),
+    "ModelConfig(mask_classes=(0, 99))": (ValueError, "mask_classes",
+                                          lambda: models.ModelConfig(kind="mask_x_rcnn", mask_classes=(0, 99))),
+    "batch_images(size_divisible=0)": (ValueError, "size_divisible",
+                                       lambda: __import__("fpnbook.images").images.batch_images(
+                                           [torch.zeros(3, 8, 8)], size_divisible=0)),
+    "a model shown a NaN image": (ValueError, r"images\[0\]", lambda: models.build(models.ModelConfig(kind="retinanet"))
+                                  .eval()([torch.full((3, 32, 32), NAN)])),
 }
 
 
@@ -346,6 +360,21 @@ def test_train_api_refuses_a_folder_that_holds_a_run(tiny_split, tmp_path):
     train.train(model, dataset, config, overwrite=True)
 
 
+def test_resume_needs_a_run_of_the_same_model(tiny_split, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(tiny_train(tiny_split, run, "--model", "retinanet")) == 0
+    train.export_weights(run / "last.pt", tmp_path / "exported.pt")
+    capsys.readouterr()
+    assert main(tiny_train(tiny_split, tmp_path / "a", "--model", "retinanet", "--resume", str(tmp_path / "exported.pt"))) == 2
+    assert "weights only" in capsys.readouterr().err
+    assert main(tiny_train(tiny_split, tmp_path / "b", "--model", "mask_rcnn", "--resume", str(run / "last.pt"))) == 2
+    assert "retinanet checkpoint" in capsys.readouterr().err
+    dataset = data.CocoDataset(tiny_split / "train", tiny_split / "train.json")
+    config = train.TrainConfig(iterations=1, batch_size=1, progress=False, log_every=1)
+    expect(ValueError, "does not fit this model", train.train, models.build(models.ModelConfig(kind="mask_rcnn")),
+           dataset, config, resume=run / "last.pt")
+
+
 def test_train_validates_before_generating_data(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("FPNBOOK_CACHE", str(tmp_path / "cache"))
     assert main(["train", "--out", str(tmp_path / "run"), "--iterations", "-1", "--synthetic", "4", "--size", "64"]) == 2
@@ -478,6 +507,28 @@ def test_focal_loss_is_finite_or_refused(alpha, gamma, target):
         assert any(word in str(error) for word in ("alpha", "gamma", "targets"))
         return
     assert torch.isfinite(loss).all() and (loss >= 0).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(where=st.sampled_from(["images", "annotations", "categories"]), index=st.integers(0, 1),
+       key=st.sampled_from(["id", "image_id", "category_id", "bbox", "file_name"]),
+       value=st.one_of(st.none(), st.just(-5), st.just("x"), st.just([1, 2]), st.just([0, 0, -1, 2]),
+                       st.just([NAN, 0, 1, 1]), st.just({"a": 1})), delete=st.booleans())
+def test_coco_reader_loads_or_names_the_entry(where, index, key, value, delete):
+    dataset = {"images": [dict(IMAGE), dict(IMAGE, id=2)], "annotations": [dict(ANN), dict(ANN, id=2, image_id=2)],
+               "categories": [dict(CATS[0]), {"id": 2, "name": "b"}]}
+    entry = dataset[where][index]
+    if delete:
+        entry.pop(key, None)
+    else:
+        entry[key] = value
+    try:
+        coco = evaluate.coco_from_dict(dataset, "mutated.json")
+    except ValueError as error:
+        assert "mutated.json" in str(error)
+        return
+    assert len(coco.imgs) == 2 and all(a["image_id"] in coco.imgs and a["category_id"] in coco.cats
+                                       for a in coco.anns.values())
 
 
 KEYS = ["image_id", "category_id", "bbox", "score"]

@@ -43,8 +43,9 @@ def as_weights(weights, like: Tensor, name: str) -> Tensor:
     if weights is None:
         return torch.ones_like(like)
     w = torch.as_tensor(weights, dtype=torch.float64).flatten()
-    if w.shape != like.shape or (w < 0).any():
-        raise ValueError(f"{name} must be {len(like)} non-negative counts (one per p_t), got shape {list(w.shape)}")
+    if w.shape != like.shape or (w < 0).any() or not torch.isfinite(w).all():
+        raise ValueError(f"{name} must be {len(like)} finite non-negative counts (one per p_t), "
+                         f"got shape {list(w.shape)}")
     return w
 
 
