@@ -64,6 +64,10 @@ fpnbook-old / fpnbook-new. Writes a JSON record (default ``benchmarks/results/ti
 and a figure beside it (same name, ``.png``): box and mask AP against minutes, one line
 per arm; :func:`plot` redraws that figure from a record.
 
+``--merge A.json B.json --out C.json`` trains nothing: it combines the arms of separate runs
+made with the same settings (checked) into one record and figure, so that arms can run side
+by side, each timed on its own ``--clock cpu``.
+
 ``--quick`` is a smoke run: 8 training images at 128 px, 0.25 minutes per arm scored once
 at the end (unless ``--eval-at`` says more), a 3-step probe, 4 validation images, and the
 record in a fresh temporary folder unless ``--out`` is given.
@@ -501,6 +505,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                    help="wall: wall-clock seconds (default); cpu: this process's CPU seconds, for a CPU run with "
                         "--threads 1 and --workers 0 on cores that other work shares (equal to wall time on an idle core)")
+    p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="RECORD",
+                   help="train nothing: combine the arms of records made by separate runs with the same settings "
+                        "(for example two arms run side by side with --clock cpu) into --out, and draw its figure")
     p.add_argument("--quick", action="store_true", help="smoke run: 8 images at 128 px, 0.25 min per arm, 4 val images, "
                    "record in a temporary folder")
     return p
@@ -526,6 +533,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--eval-at {','.join(f'{m:g}' for m in beyond)} lies beyond the budget of --minutes {args.minutes:g}")
     args.eval_at = sorted(set(args.eval_at) | {args.minutes})
     args.probe = QUICK["probe"] if args.quick else PROBE
+    if args.merge:
+        missing = [str(path) for path in args.merge if not Path(path).is_file()]
+        if missing:
+            parser.error(f"--merge: record(s) not found: {', '.join(missing)}")
     if args.out is None:
         args.out = (Path(tempfile.mkdtemp(prefix="fpnbook-time_to_ap-")) / "time_to_ap.json") if args.quick else DEFAULT_OUT
     elif not args.overwrite:
@@ -584,8 +595,47 @@ def run_arm(arm: Arm, model, train_set, val_set, args, device, init_state: dict 
     return entry
 
 
+# What separate runs must share for their arms to sit in one record.
+SHARED = ("quick", "device", "threads", "amp", "torch", "torchvision", "data", "batch_size", "seed", "workers",
+          "minutes", "eval_at", "clock")
+
+
+def merge_records(records: Sequence[dict], targets: Sequence[float]) -> dict:
+    """One record with the arms of ``records``, which must agree on :data:`SHARED` and not repeat an arm."""
+    first = records[0]
+    for other in records[1:]:
+        differ = [k for k in SHARED if other.get(k) != first.get(k)]
+        if differ:
+            raise ValueError(f"records differ in {differ}; only runs with the same settings can be merged")
+    arms: dict = {}
+    pending: set = set()
+    for record in records:
+        pending |= set(record.get("arms_pending", []))
+        twice = sorted(set(arms) & set(record["arms"]))
+        if twice:
+            raise ValueError(f"arm(s) {twice} appear in more than one record")
+        arms.update(record["arms"])
+    missing = sorted(pending - set(arms))
+    if missing:  # an interrupted run's record lists the arms it did not get to; another record must bring them
+        raise ValueError(f"arm(s) {missing} of an interrupted run are in none of the records")
+    ordered = {name: arms[name] for name in ARMS if name in arms}
+    merged = {**{k: v for k, v in first.items() if k != "arms_pending"}, "command": [r["command"] for r in records], "date": [r["date"] for r in records],
+              "hardware": "; ".join(sorted({r["hardware"] for r in records})), "arms": ordered}
+    merged["time_to_box_ap"] = {f"{t:g}": time_to_target(ordered, t) for t in targets}
+    return merged
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.merge:
+        records = [json.loads(Path(path).read_text(encoding="utf-8")) for path in args.merge]
+        record = merge_records(records, args.target_ap)
+        record["merge_command"] = "python benchmarks/time_to_ap.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+        print_table(record)
+        write_json(record, args.out)
+        plot(record, args.out.with_suffix(".png"))
+        print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+        return record
     import torch
     from torchvision.transforms import v2
 

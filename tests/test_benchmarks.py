@@ -6,6 +6,7 @@ stage accounting adds up.
 """
 
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -132,3 +133,27 @@ def test_time_to_ap_clock_and_summary(tmp_path, monkeypatch):
               "time_to_box_ap": {"0.145": result}, "hardware": "test", "threads": 1, "batch_size": 4}
     time_to_ap.plot(record, tmp_path / "figure.png")
     assert (tmp_path / "figure.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_time_to_ap_merges_arms_of_separate_runs(tmp_path):
+    time_to_ap = _time_to_ap()
+    shared = {k: 1 for k in time_to_ap.SHARED}
+    old = {**shared, "command": "a", "date": "d1", "hardware": "h", "arms": {
+        "fpnbook-old": {"evals": [{"train_minutes": 10, "bbox": {"AP": 0.1}}, {"train_minutes": 20, "bbox": {"AP": 0.2}}]}}}
+    new = {**shared, "command": "b", "date": "d2", "hardware": "h", "arms": {
+        "fpnbook-new": {"evals": [{"train_minutes": 5, "bbox": {"AP": 0.15}}]}}}
+    merged = time_to_ap.merge_records([new, old], [0.145])
+    assert list(merged["arms"]) == ["fpnbook-old", "fpnbook-new"] and merged["command"] == ["b", "a"]
+    assert merged["time_to_box_ap"]["0.145"]["ratio_old_over_new"] == pytest.approx(4)
+    with pytest.raises(ValueError, match="differ in"):
+        time_to_ap.merge_records([new, {**old, "clock": "wall"}], [0.145])
+    with pytest.raises(ValueError, match="more than one"):
+        time_to_ap.merge_records([new, new], [0.145])
+    with pytest.raises(ValueError, match="interrupted"):
+        time_to_ap.merge_records([new, {**old, "arms_pending": ["torchvision"]}], [0.145])
+    # An interrupted run's missing arm, brought by another record, completes it.
+    assert "arms_pending" not in time_to_ap.merge_records([{**new, "arms_pending": ["fpnbook-old"]}, old], [0.145])
+    for name, record in (("new", new), ("old", old)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(record))
+    with pytest.raises(SystemExit):
+        time_to_ap.parse_args(["--merge", str(tmp_path / "missing.json")])
