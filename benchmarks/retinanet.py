@@ -15,38 +15,19 @@ models alternating. Prints images/second and the ratio fpnbook / torchvision.
 
 from __future__ import annotations
 
-import copy
-
 import torch
-from torchvision.models.detection import RetinaNet as TorchvisionRetinaNet
-from torchvision.models.detection.anchor_utils import AnchorGenerator as TorchvisionAnchorGenerator
 
-from fpnbook.images import IMAGENET_MEAN, IMAGENET_STD
-from fpnbook.retinanet import RetinaNet, retinanet_tiny, torchvision_head_state_dict
+from fpnbook.interop import retinanet_head_state_dict, to_torchvision
+from fpnbook.retinanet import RetinaNet, retinanet_tiny
 from common import model_benchmark_args
 from fpnbook.timing import best_times
 
 NUM_CLASSES = 8
 
 
-def build_models(num_classes: int, image_size: int, device: torch.device) -> tuple[RetinaNet, TorchvisionRetinaNet]:
+def build_models(num_classes: int, image_size: int, device: torch.device) -> tuple[RetinaNet, torch.nn.Module]:
     ours = retinanet_tiny(num_classes)
-    theirs = TorchvisionRetinaNet(
-        copy.deepcopy(ours.backbone),
-        num_classes + 1,
-        min_size=image_size,
-        max_size=image_size,
-        image_mean=list(IMAGENET_MEAN),
-        image_std=list(IMAGENET_STD),
-        anchor_generator=TorchvisionAnchorGenerator(ours.anchor_generator.sizes, ours.anchor_generator.aspect_ratios),
-        score_thresh=ours.score_thresh,
-        nms_thresh=ours.nms_thresh,
-        detections_per_img=ours.detections_per_img,
-        fg_iou_thresh=ours.matcher.high,
-        bg_iou_thresh=ours.matcher.low,
-        topk_candidates=ours.topk_candidates,
-    )
-    theirs.head.load_state_dict(torchvision_head_state_dict(ours.head))
+    theirs = to_torchvision(ours, image_size)
     return ours.to(device), theirs.to(device)
 
 
@@ -100,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             if row.startswith("inference (dense"):
                 with torch.no_grad():
                     ours.head.cls_logits.bias.zero_()
-                theirs.head.load_state_dict(torchvision_head_state_dict(ours.head))
+                theirs.head.load_state_dict(retinanet_head_state_dict(ours.head))
             fns = {"ours": lambda: infer(ours, images), "theirs": lambda: infer(theirs, images)}
         best = best_times(fns, repeats, device, warmup)
         ours_ips, theirs_ips = args.batch / best["ours"], args.batch / best["theirs"]

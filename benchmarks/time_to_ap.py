@@ -24,7 +24,7 @@ committed validation split (``fpnbook.data.val_paths``) at fixed minutes of trai
   evaluation's ``total_minutes`` is its ``train_minutes`` plus them, and the minutes to a
   target AP and the figure use ``total_minutes``.
 - ``torchvision``: torchvision's ``MaskRCNN`` around a copy of the same backbone and head
-  weights (:func:`experiments.torchvision_compare.torchvision_mask_rcnn`), with
+  weights (:func:`fpnbook.interop.to_torchvision`), with
   torchvision's default proposal counts (2000 / 2000, 512 RoIs) and the recipe of its
   reference script (``references/detection``): SGD momentum 0.9, lr 0.02 x batch / 16,
   weight decay 1e-4 on every parameter, no gradient clipping, linear warm-up from 0.001 x
@@ -159,18 +159,18 @@ ARM_SPECS = {
 
 
 def proposal_counts(model) -> dict:
-    """The training-time proposal counts and RoI batch a model really uses (fpnbook's or torchvision's)."""
+    """The training-time proposal counts and RoI batch a model really uses (fpnbook's or torchvision's).
+
+    Both RPNs answer ``pre_nms_top_n()`` / ``post_nms_top_n()`` for their current mode.
+    """
     sampler = getattr(model.roi_heads, "sampler", None) or model.roi_heads.fg_bg_sampler
-    return {"rpn_pre_nms_top_n_train": int(model.rpn._pre_nms_top_n["training"]),
-            "rpn_post_nms_top_n_train": int(model.rpn._post_nms_top_n["training"]),
-            "box_batch_size_per_image": int(sampler.batch_size_per_image)}
-
-
-def set_torchvision_counts(model, pre_nms: int, post_nms: int, rois: int) -> None:
-    """Set a torchvision ``MaskRCNN``'s training proposal counts and RoI batch (test counts stay)."""
-    model.rpn._pre_nms_top_n = {**model.rpn._pre_nms_top_n, "training": pre_nms}
-    model.rpn._post_nms_top_n = {**model.rpn._post_nms_top_n, "training": post_nms}
-    model.roi_heads.fg_bg_sampler.batch_size_per_image = rois
+    mode = model.rpn.training
+    model.rpn.train()
+    counts = {"rpn_pre_nms_top_n_train": int(model.rpn.pre_nms_top_n()),
+              "rpn_post_nms_top_n_train": int(model.rpn.post_nms_top_n()),
+              "box_batch_size_per_image": int(sampler.batch_size_per_image)}
+    model.rpn.train(mode)
+    return counts
 
 
 def build_arm_model(arm: Arm, initial_state: dict, num_classes: int, image_size: int, seed: int,
@@ -191,14 +191,10 @@ def build_arm_model(arm: Arm, initial_state: dict, num_classes: int, image_size:
         load_backbone(ours, init_state, config)
     if not arm.torchvision:
         return ours
-    if str(ROOT) not in sys.path:  # `experiments` lives beside `benchmarks`
-        sys.path.insert(0, str(ROOT))
-    from experiments.torchvision_compare import torchvision_mask_rcnn
+    from fpnbook.interop import to_torchvision
 
-    theirs = torchvision_mask_rcnn(ours, image_size)
-    # The twin copies our counts; set torchvision's own defaults explicitly, whatever ours are.
-    set_torchvision_counts(theirs, arm.rpn_pre_nms_top_n_train, arm.rpn_post_nms_top_n_train, arm.box_batch_size_per_image)
-    return theirs
+    # The twin copies our counts, which for this arm are torchvision's own defaults.
+    return to_torchvision(ours, image_size)
 
 
 def backbone_fingerprint(model) -> float:

@@ -6,7 +6,7 @@
 Both models start from the same weights: torchvision's ``MaskRCNN`` gets a copy of our
 backbone (tiny ResNet + FPN, P2..P6) and of every head weight, and our anchors, proposal
 counts, RoI batch per image and canonical scale
-(:func:`experiments.torchvision_compare.torchvision_mask_rcnn`). Its transform is set to
+(:func:`fpnbook.interop.to_torchvision`). Its transform is set to
 ``min_size = max_size = size`` and our mean/std, so it normalises and pads but never
 resizes. What differs is the code: our RPN, matching, sampling, RoIAlign (pure PyTorch,
 chapter 3) and heads against torchvision's (with its C++ RoIAlign); both use
@@ -29,20 +29,17 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import sys
 import threading
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `experiments` lives beside `benchmarks`
-
-from experiments.torchvision_compare import infer_fn, torchvision_mask_rcnn, train_step_fn  # noqa: E402
-from common import model_benchmark_args  # noqa: E402
-from fpnbook import data  # noqa: E402
-from fpnbook.timing import best_times  # noqa: E402
-from fpnbook.models import COCO_SIZING, ModelConfig, build  # noqa: E402
+from common import model_benchmark_args
+from fpnbook import data
+from fpnbook.interop import to_torchvision
+from fpnbook.timing import best_times, infer_fn, train_step_fn
+from fpnbook.models import COCO_SIZING, ModelConfig, build
 from fpnbook.train import load_checkpoint  # noqa: E402
 
 NUM_CLASSES = 8
@@ -65,7 +62,7 @@ def build_models(image_size: int, device: torch.device, sizing: str = "book",
         ours = build(ModelConfig(kind="mask_rcnn", num_classes=NUM_CLASSES, **counts))
         if weights is not None:  # a trained RPN proposes as in real training, not at random
             ours.load_state_dict(load_checkpoint(weights)["model"])
-        theirs = torchvision_mask_rcnn(ours, image_size)
+        theirs = to_torchvision(ours, image_size)
         models[f"fpnbook{name}"], models[f"torchvision{name}"] = ours.to(device), theirs.to(device)
     if sizing == "coco":
         models = {name.removesuffix("-coco"): model for name, model in models.items()}

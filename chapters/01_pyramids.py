@@ -57,6 +57,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import fpnbook
 from fpnbook import anchors, backbone, boxes, data, fpn, images, models, poolers, rpn, viz
+from fpnbook.interop import load_torchvision_fpn
 
 sys.path.insert(0, str(Path.cwd().parent))  # the repository root, for experiments/
 torch.set_num_threads(2)
@@ -345,12 +346,12 @@ plt.show()
 
 # %% [markdown]
 # The same weights in `fpnbook.fpn.FPN` (its convs are named `lateral` and `smooth`;
-# `copy_weights_from_torchvision` maps torchvision's `inner_blocks` and `layer_blocks`
-# onto them) and in torchvision's module itself:
+# `fpnbook.interop.load_torchvision_fpn`, the book's one bridge to torchvision, maps
+# torchvision's `inner_blocks` and `layer_blocks` onto them) and in torchvision's module itself:
 
 # %%
 ours = fpn.FPN(net.out_channels, 64, fpn.LastLevelMaxPool()).eval()
-fpn.copy_weights_from_torchvision(ours, theirs)
+load_torchvision_fpn(ours, theirs)
 inputs = OrderedDict(zip(("c2", "c3", "c4", "c5"), c))
 with torch.no_grad():
     ours_out, theirs_out = ours(inputs), theirs(inputs)

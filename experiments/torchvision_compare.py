@@ -23,7 +23,6 @@ Writes ``experiments/results/torchvision_compare.json``; chapter 5 reads it.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import tempfile
 import time
@@ -31,21 +30,13 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision.models.detection import MaskRCNN as TorchvisionMaskRCNN
-from torchvision.models.detection import rpn as tv_rpn
-from torchvision.models.detection.anchor_utils import AnchorGenerator as TorchvisionAnchorGenerator
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
-from torchvision.models.detection.faster_rcnn import TwoMLPHead as TorchvisionTwoMLPHead
-from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-from torchvision.ops import MultiScaleRoIAlign as TorchvisionMultiScaleRoIAlign
 from torchvision.transforms import v2
 
 from experiments import common
 from fpnbook import data
-from fpnbook.images import IMAGENET_MEAN, IMAGENET_STD
 from fpnbook.models import COCO_SIZING, ModelConfig, build
-from fpnbook.rcnn import MaskRCNN
-from fpnbook.timing import best_times
+from fpnbook.interop import to_torchvision
+from fpnbook.timing import best_times, infer_fn, train_step_fn
 from fpnbook.train import DETECTRON_RECIPE, TrainConfig, evaluate_model, load_checkpoint, read_metrics, train
 
 NAME = "torchvision_compare"
@@ -64,68 +55,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fpnbook-run", type=Path, default=None,
                    help="a `fpnbook train --model mask_rcnn` run folder of the same schedule to reuse")
     return p
-
-
-def torchvision_mask_rcnn(ours: MaskRCNN, image_size: int) -> TorchvisionMaskRCNN:
-    """torchvision's MaskRCNN with a copy of ``ours``' backbone and heads' weights, and the same settings.
-
-    torchvision's own modules do the work (RPN, RoI heads, C++ RoIAlign); only the weights
-    and the numbers in the config come from ``ours``. Images must be ``image_size`` square.
-    """
-    heads, rpn = ours.roi_heads, ours.rpn
-    channels = ours.backbone.out_channels
-    names = ours.roi_names(list(ours.backbone.names))
-    rpn_head = tv_rpn.RPNHead(channels, rpn.head.num_anchors)
-    rpn_head.conv[0][0].load_state_dict(rpn.head.conv.state_dict())
-    rpn_head.cls_logits.load_state_dict(rpn.head.objectness.state_dict())
-    rpn_head.bbox_pred.load_state_dict(rpn.head.deltas.state_dict())
-    box_head = TorchvisionTwoMLPHead(heads.box_head.fc6.in_features, heads.box_head.fc6.out_features)
-    box_head.load_state_dict(heads.box_head.state_dict())
-    num_classes = heads.box_predictor.cls_score.out_features
-    box_predictor = FastRCNNPredictor(heads.box_predictor.cls_score.in_features, num_classes)
-    box_predictor.load_state_dict(heads.box_predictor.state_dict())
-    convs = [m for m in heads.mask_head.modules() if isinstance(m, nn.Conv2d)]
-    mask_head = MaskRCNNHeads(channels, [c.out_channels for c in convs], 1)
-    for conv, (theirs, *_) in zip(convs, mask_head):  # each of theirs is Sequential(conv, relu)
-        theirs.load_state_dict(conv.state_dict())
-    mask_predictor = MaskRCNNPredictor(convs[-1].out_channels, heads.mask_predictor.conv5_mask.out_channels, num_classes)
-    mask_predictor.load_state_dict(heads.mask_predictor.state_dict())
-    canonical = ours.roi_heads.box_roi_pool.canonical_scale
-    return TorchvisionMaskRCNN(
-        copy.deepcopy(ours.backbone), min_size=image_size, max_size=image_size,
-        image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD),
-        rpn_anchor_generator=TorchvisionAnchorGenerator(rpn.anchor_generator.sizes, rpn.anchor_generator.aspect_ratios),
-        rpn_head=rpn_head,
-        rpn_pre_nms_top_n_train=rpn._pre_nms_top_n["training"], rpn_pre_nms_top_n_test=rpn._pre_nms_top_n["testing"],
-        rpn_post_nms_top_n_train=rpn._post_nms_top_n["training"], rpn_post_nms_top_n_test=rpn._post_nms_top_n["testing"],
-        rpn_batch_size_per_image=rpn.sampler.batch_size_per_image, rpn_nms_thresh=rpn.nms_thresh,
-        box_roi_pool=TorchvisionMultiScaleRoIAlign(names, 7, 2, canonical_scale=canonical),
-        box_head=box_head, box_predictor=box_predictor,
-        box_batch_size_per_image=heads.sampler.batch_size_per_image, box_score_thresh=heads.score_thresh,
-        box_nms_thresh=heads.nms_thresh, box_detections_per_img=heads.detections_per_img,
-        mask_roi_pool=TorchvisionMultiScaleRoIAlign(names, 14, 2, canonical_scale=canonical),
-        mask_head=mask_head, mask_predictor=mask_predictor,
-    )
-
-
-def train_step_fn(model: nn.Module, images: list, targets: list):
-    """One forward/backward/SGD step on a throwaway copy, so timing never changes the trained model."""
-    model = copy.deepcopy(model).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-
-    def step() -> None:
-        loss = sum(model(images, targets).values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return step
-
-
-def infer_fn(model: nn.Module, images: list):
-    @torch.no_grad()
-    def infer() -> None:
-        model.eval()(images)
-    return infer
 
 
 def throughput(models: dict[str, nn.Module], images: list, targets: list, repeats: int,
@@ -161,7 +90,7 @@ def run(args: argparse.Namespace) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(args.seed)  # as `fpnbook train` does, so the initial weights equal its run's
     ours = build(ModelConfig(kind="mask_rcnn", num_classes=train_set.num_classes, **COCO_SIZING))
-    theirs = torchvision_mask_rcnn(ours, args.image_size)
+    theirs = to_torchvision(ours, args.image_size)
     results, seconds, curves = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, model in (("fpnbook", ours), ("torchvision", theirs)):

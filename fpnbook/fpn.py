@@ -18,7 +18,7 @@ other names are kept as they are, as ``torchvision.ops.FeaturePyramidNetwork``
 does (its extra levels are then named ``"pool"``, or ``"p6"`` and ``"p7"``).
 Numerically this module equals torchvision's given the same weights; our
 submodules are named ``lateral``/``smooth`` rather than ``inner_blocks``/``layer_blocks``,
-and :func:`copy_weights_from_torchvision` maps between the two.
+and :func:`fpnbook.interop.load_torchvision_fpn` maps between the two.
 """
 
 from __future__ import annotations
@@ -252,33 +252,3 @@ class BackboneWithFPN(nn.Module):
             features = self.backbone(images)
         with stage("fpn"):
             return self.fpn(OrderedDict((n, features[n]) for n in self.in_names))
-
-
-def torchvision_key(key: str) -> str:
-    """Our FPN state-dict key -> ``torchvision.ops.FeaturePyramidNetwork``'s.
-
-    ``lateral.{i}.weight`` -> ``inner_blocks.{i}.0.weight``, ``smooth.{i}.bias`` ->
-    ``layer_blocks.{i}.0.bias``; ``extra_blocks.p6.*`` / ``p7.*`` are named alike in both.
-    """
-    head, _, rest = key.partition(".")
-    if head in ("lateral", "smooth"):
-        index, _, param = rest.partition(".")
-        block = "inner_blocks" if head == "lateral" else "layer_blocks"
-        return f"{block}.{index}.0.{param}"
-    return key
-
-
-def copy_weights_from_torchvision(ours: FPN, theirs: nn.Module) -> None:
-    """Copy the weights of a ``torchvision.ops.FeaturePyramidNetwork`` into ``ours`` (same sizes and extra blocks)."""
-    their_state = theirs.state_dict()
-    our_keys = list(ours.state_dict())
-    wanted = {torchvision_key(k) for k in our_keys}
-    if wanted != set(their_state):
-        raise ValueError(
-            f"the two FPNs differ in structure: only ours {sorted(wanted - set(their_state))}, "
-            f"only theirs {sorted(set(their_state) - wanted)}"
-        )
-    try:
-        ours.load_state_dict({k: their_state[torchvision_key(k)] for k in our_keys})
-    except RuntimeError as error:  # a tensor of the wrong shape
-        raise ValueError(f"the two FPNs differ in sizes: {error}") from error

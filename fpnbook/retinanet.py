@@ -16,7 +16,7 @@ boxes are ``(x1, y1, x2, y2)`` in input-image pixels, labels are ``1..K``
 
 Differences from torchvision's ``RetinaNet``: ``num_classes`` here is ``K``
 (torchvision's counts a never-used background channel, so it is ``K + 1``; see
-:func:`torchvision_head_state_dict`), and anchors default to sizes for the book's
+:func:`fpnbook.interop.retinanet_head_state_dict`), and anchors default to sizes for the book's
 256 px images (:data:`ANCHOR_BASE_SIZES`).
 """
 
@@ -47,8 +47,6 @@ from .timing import stage
 ANCHOR_BASE_SIZES = (16, 32, 64, 128, 256)
 ASPECT_RATIOS = (0.5, 1.0, 2.0)
 LOSSES = ("focal", "ce", "alpha_ce")
-# Logit of torchvision's unused background channel: sigmoid gives exactly 0 and so does its loss.
-TORCHVISION_BACKGROUND_LOGIT = -1000.0
 
 
 def default_anchor_generator(base_sizes: Sequence[float] = ANCHOR_BASE_SIZES) -> AnchorGenerator:
@@ -132,46 +130,6 @@ class RetinaNetHead(nn.Module):
         cls_logits = [flatten_level(self.cls_logits(self.cls_subnet(x)), self.num_classes) for x in maps]
         bbox_regression = [flatten_level(self.bbox_pred(self.box_subnet(x)), 4) for x in maps]
         return {"cls_logits": torch.cat(cls_logits, dim=1), "bbox_regression": torch.cat(bbox_regression, dim=1)}
-
-
-def torchvision_head_key(key: str) -> str:
-    """Our head's state-dict key -> torchvision ``RetinaNetHead``'s.
-
-    ``cls_subnet.{i}.{j}.*`` -> ``classification_head.conv.{i}.{j}.*`` (j = 0 conv, 1 GroupNorm),
-    ``cls_logits.*`` -> ``classification_head.cls_logits.*``, ``box_subnet.{i}.{j}.*`` ->
-    ``regression_head.conv.{i}.{j}.*``, ``bbox_pred.*`` -> ``regression_head.bbox_reg.*``.
-    """
-    module, _, rest = key.partition(".")
-    renames = {
-        "cls_subnet": "classification_head.conv",
-        "cls_logits": "classification_head.cls_logits",
-        "box_subnet": "regression_head.conv",
-        "bbox_pred": "regression_head.bbox_reg",
-    }
-    if module not in renames:
-        raise ValueError(f"not a RetinaNetHead key: {key!r}")
-    return f"{renames[module]}.{rest}"
-
-
-def torchvision_head_state_dict(head: RetinaNetHead) -> dict[str, Tensor]:
-    """Our head's weights for torchvision's ``RetinaNetHead(in_channels, A, K + 1)``.
-
-    torchvision scores label ``k`` with channel ``k`` and never trains channel 0
-    (background); we score it with channel ``k - 1``. The extra channel gets zero weights
-    and a bias of -1000, so its probability and its focal loss are exactly 0 and the two
-    heads give the same detections and the same losses. For a head with ``norm="gn"``, build
-    torchvision's with ``norm_layer=partial(nn.GroupNorm, group_norm_groups(in_channels))``.
-    """
-    state = {}
-    for key, value in head.state_dict().items():
-        if key.startswith("cls_logits."):
-            per_anchor = value.view(head.num_anchors, head.num_classes, *value.shape[1:])
-            background = torch.zeros_like(per_anchor[:, :1])
-            if key.endswith("bias"):
-                background.fill_(TORCHVISION_BACKGROUND_LOGIT)
-            value = torch.cat([background, per_anchor], dim=1).flatten(0, 1)
-        state[torchvision_head_key(key)] = value.clone()
-    return state
 
 
 class RetinaNet(nn.Module):

@@ -155,17 +155,17 @@ class RegionProposalNetwork(nn.Module):
         self.box_coder = BoxCoder((1.0, 1.0, 1.0, 1.0))
         self.matcher = Matcher(fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=True)
         self.sampler = BalancedSampler(batch_size_per_image, positive_fraction)
-        self._pre_nms_top_n = dict(pre_nms_top_n)
-        self._post_nms_top_n = dict(post_nms_top_n)
+        self.pre_nms_top_n_counts = dict(pre_nms_top_n)
+        self.post_nms_top_n_counts = dict(post_nms_top_n)
         self.nms_thresh = nms_thresh
         self.min_size = min_size
         self.score_thresh = score_thresh
 
     def pre_nms_top_n(self) -> int:
-        return self._pre_nms_top_n["training" if self.training else "testing"]
+        return self.pre_nms_top_n_counts["training" if self.training else "testing"]
 
     def post_nms_top_n(self) -> int:
-        return self._post_nms_top_n["training" if self.training else "testing"]
+        return self.post_nms_top_n_counts["training" if self.training else "testing"]
 
     def forward(
         self,

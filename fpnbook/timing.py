@@ -14,6 +14,29 @@ from contextlib import AbstractContextManager
 
 import torch
 
+def train_step_fn(model: torch.nn.Module, images: list, targets: list) -> Callable[[], None]:
+    """One detection training step (forward, backward, SGD) on a throwaway copy, so timing never changes ``model``."""
+    import copy
+
+    model = copy.deepcopy(model).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+
+    def step() -> None:
+        loss = sum(model(images, targets).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+def infer_fn(model: torch.nn.Module, images: list) -> Callable[[], None]:
+    """One inference pass of ``model`` (eval mode, no gradients) on ``images``."""
+    @torch.no_grad()
+    def infer() -> None:
+        model.eval()(images)
+    return infer
+
+
 # Prefix of every stage's name in a profiler trace, so the stages stand apart from aten ops.
 STAGE_PREFIX = "fpnbook::"
 

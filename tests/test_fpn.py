@@ -14,10 +14,9 @@ from fpnbook.fpn import (
     BackboneWithFPN,
     LastLevelMaxPool,
     LastLevelP6P7,
-    copy_weights_from_torchvision,
     pyramid_name,
-    torchvision_key,
 )
+from fpnbook.interop import fpn_key, load_torchvision_fpn, to_torchvision
 
 CHANNELS = [8, 12, 16, 20]
 
@@ -39,7 +38,7 @@ def twin_fpns(extra, out_channels=8):
     }[extra]
     theirs = FeaturePyramidNetwork(CHANNELS, out_channels, extra_blocks=their_extra)
     ours = FPN(CHANNELS, out_channels, extra_blocks=ours_extra)
-    copy_weights_from_torchvision(ours, theirs)
+    load_torchvision_fpn(ours, theirs)
     return ours, theirs
 
 
@@ -181,10 +180,20 @@ def test_bad_configuration_raises():
 
 
 def test_weight_copy_checks_structure():
-    assert torchvision_key("lateral.3.weight") == "inner_blocks.3.0.weight"
-    assert torchvision_key("smooth.0.bias") == "layer_blocks.0.0.bias"
-    assert torchvision_key("extra_blocks.p6.weight") == "extra_blocks.p6.weight"
+    assert fpn_key("lateral.3.weight") == "inner_blocks.3.0.weight"
+    assert fpn_key("smooth.0.bias") == "layer_blocks.0.0.bias"
+    assert fpn_key("extra_blocks.p6.weight") == "extra_blocks.p6.weight"
     with pytest.raises(ValueError, match="structure"):
-        copy_weights_from_torchvision(FPN(CHANNELS, 8, LastLevelP6P7(8, 8)), FeaturePyramidNetwork(CHANNELS, 8))
+        load_torchvision_fpn(FPN(CHANNELS, 8, LastLevelP6P7(8, 8)), FeaturePyramidNetwork(CHANNELS, 8))
     with pytest.raises(ValueError, match="sizes"):
-        copy_weights_from_torchvision(FPN(CHANNELS, 8), FeaturePyramidNetwork(CHANNELS, 16))
+        load_torchvision_fpn(FPN(CHANNELS, 8), FeaturePyramidNetwork(CHANNELS, 16))
+
+
+@pytest.mark.parametrize("extra", [None, "maxpool", "p6p7_from_c5"])
+def test_to_torchvision_is_the_same_fpn(extra):
+    ours = FPN(CHANNELS, 8, {None: None, "maxpool": LastLevelMaxPool(),
+                              "p6p7_from_c5": LastLevelP6P7(CHANNELS[-1], 8, use_p5=False)}[extra])
+    theirs = to_torchvision(ours)
+    x = features([(16, 16), (8, 8), (4, 4), (2, 2)])
+    for a, b in zip(ours(x).values(), theirs(x).values()):
+        torch.testing.assert_close(a, b)

@@ -1,16 +1,15 @@
 import pytest
 import torch
-import torchvision
-from torchvision.models.detection import MaskRCNN as TorchvisionMaskRCNN
-from torchvision.models.detection import rpn as tv_rpn
-from torchvision.models.detection.anchor_utils import AnchorGenerator as TorchvisionAnchorGenerator
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
-from torchvision.models.detection.faster_rcnn import TwoMLPHead as TorchvisionTwoMLPHead
-from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torch import nn
 
-from fpnbook.images import IMAGENET_MEAN, IMAGENET_STD
-from fpnbook.rcnn import FasterRCNN, MaskRCNN, faster_rcnn_tiny, fpn_backbone_tiny, mask_rcnn_tiny
-from fpnbook.rpn import SMALL_ANCHOR_SIZES
+from fpnbook.interop import to_torchvision
+from fpnbook.rcnn import (
+    FasterRCNN,
+    MaskRCNN,
+    faster_rcnn_tiny,
+    fpn_backbone_tiny,
+    mask_rcnn_tiny,
+)
 
 NUM_CLASSES = 3
 
@@ -162,39 +161,12 @@ def test_bad_input_raises():
         FasterRCNN(torch.nn.Conv2d(3, 3, 1), NUM_CLASSES)
 
 
-def torchvision_twin(model: MaskRCNN, image_size) -> TorchvisionMaskRCNN:
-    """torchvision's MaskRCNN around the same backbone module, with our heads' weights copied in.
+def torchvision_twin(model: MaskRCNN, image_size) -> nn.Module:
+    """torchvision's MaskRCNN around the same backbone module, with our heads' weights and counts copied in.
 
     Its transform resizes by min_size / max_size: set to the image size, the resize is the identity.
     """
-    rpn_head = tv_rpn.RPNHead(model.backbone.out_channels, 3)
-    ours_rpn = model.rpn.head
-    rpn_head.load_state_dict({"conv.0.0.weight": ours_rpn.conv.weight, "conv.0.0.bias": ours_rpn.conv.bias,
-                              "cls_logits.weight": ours_rpn.objectness.weight, "cls_logits.bias": ours_rpn.objectness.bias,
-                              "bbox_pred.weight": ours_rpn.deltas.weight, "bbox_pred.bias": ours_rpn.deltas.bias})
-    heads = model.roi_heads
-    box_head = TorchvisionTwoMLPHead(heads.box_head.fc6.in_features, heads.box_head.fc6.out_features)
-    box_head.load_state_dict(heads.box_head.state_dict())
-    box_predictor = FastRCNNPredictor(heads.box_predictor.cls_score.in_features, NUM_CLASSES)
-    box_predictor.load_state_dict(heads.box_predictor.state_dict())
-    layers = [m.out_channels for m in heads.mask_head if isinstance(m, torch.nn.Conv2d)]
-    mask_head = MaskRCNNHeads(model.backbone.out_channels, layers, 1)
-    mask_head.load_state_dict({f"{int(k.split('.')[0]) // 2}.0.{k.split('.')[1]}": v for k, v in heads.mask_head.state_dict().items()})
-    mask_predictor = MaskRCNNPredictor(layers[-1], heads.mask_predictor.conv5_mask.out_channels, NUM_CLASSES)
-    mask_predictor.load_state_dict(heads.mask_predictor.state_dict())
-    def twin_pool(ours):  # the same pooling through torchvision's class, which its MaskRCNN insists on
-        return torchvision.ops.MultiScaleRoIAlign(ours.featmap_names, ours.output_size, ours.sampling_ratio,
-                                                  canonical_scale=ours.canonical_scale)
-
-    return TorchvisionMaskRCNN(
-        model.backbone, min_size=min(image_size), max_size=max(image_size),
-        image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD),
-        rpn_anchor_generator=TorchvisionAnchorGenerator(SMALL_ANCHOR_SIZES, ((0.5, 1.0, 2.0),) * 5),
-        rpn_pre_nms_top_n_train=500, rpn_pre_nms_top_n_test=300,
-        rpn_post_nms_top_n_train=400, rpn_post_nms_top_n_test=200, box_detections_per_img=30,
-        rpn_head=rpn_head, box_roi_pool=twin_pool(heads.box_roi_pool), box_head=box_head, box_predictor=box_predictor,
-        mask_roi_pool=twin_pool(heads.mask_roi_pool), mask_head=mask_head, mask_predictor=mask_predictor,
-    )
+    return to_torchvision(model, image_size, copy_backbone=False)
 
 
 def spread_out(seed=0):

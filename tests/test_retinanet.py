@@ -1,23 +1,17 @@
-from functools import partial
 
 import pytest
 import torch
 from torch import nn
-from torchvision.models.detection import RetinaNet as TorchvisionRetinaNet
-from torchvision.models.detection.anchor_utils import AnchorGenerator as TorchvisionAnchorGenerator
-from torchvision.models.detection.retinanet import RetinaNetHead as TorchvisionHead
 
 from fpnbook.anchors import AnchorGenerator
-from fpnbook.backbone import group_norm_groups
-from fpnbook.images import IMAGENET_MEAN, IMAGENET_STD, batch_images
+from fpnbook.images import batch_images
+from fpnbook.interop import retinanet_head_key, to_torchvision
 from fpnbook.losses import sigmoid_focal_loss
 from fpnbook.retinanet import (
     RetinaNet,
     RetinaNetHead,
     default_anchor_generator,
     retinanet_tiny,
-    torchvision_head_key,
-    torchvision_head_state_dict,
 )
 
 K = 3  # object classes
@@ -200,23 +194,9 @@ def test_default_anchors_and_tiny_builder():
     assert sizes[0][2] == pytest.approx(16 * 2 ** (2 / 3))
 
 
-def torchvision_twin(model: RetinaNet, image_size: tuple[int, int], head_norm=None) -> TorchvisionRetinaNet:
+def torchvision_twin(model: RetinaNet, image_size: tuple[int, int]) -> nn.Module:
     """torchvision's RetinaNet on the same backbone module, anchors and head weights, without resizing."""
-    norm_layer = partial(nn.GroupNorm, group_norm_groups(model.backbone.out_channels)) if head_norm else None
-    theirs = TorchvisionRetinaNet(
-        model.backbone,
-        K + 1,  # torchvision counts the background
-        min_size=min(image_size),
-        max_size=max(image_size),
-        image_mean=list(IMAGENET_MEAN),
-        image_std=list(IMAGENET_STD),
-        anchor_generator=TorchvisionAnchorGenerator(model.anchor_generator.sizes, model.anchor_generator.aspect_ratios),
-        detections_per_img=model.detections_per_img,
-    )
-    if head_norm:
-        theirs.head = TorchvisionHead(model.backbone.out_channels, 9, K + 1, norm_layer=norm_layer)
-    theirs.head.load_state_dict(torchvision_head_state_dict(model.head))
-    return theirs
+    return to_torchvision(model, image_size, copy_backbone=False)
 
 
 def randomise_head(model: RetinaNet) -> None:
@@ -232,7 +212,7 @@ def randomise_head(model: RetinaNet) -> None:
 def test_equals_torchvision(head_norm):
     model = tiny(head_norm=head_norm)
     randomise_head(model)
-    theirs = torchvision_twin(model, (96, 128), head_norm)
+    theirs = torchvision_twin(model, (96, 128))
     images, targets = images_and_targets()
 
     # Head outputs: ours drop torchvision's background channel 0.
@@ -253,7 +233,7 @@ def test_equals_torchvision(head_norm):
         torch.testing.assert_close(ours_losses[name], their_losses[name], rtol=1e-5, atol=1e-7)
     their_grads = dict(theirs.head.named_parameters())
     for (key, _), grad in zip(model.head.named_parameters(), ours_grads):
-        their_grad = their_grads[torchvision_head_key(key)].grad
+        their_grad = their_grads[retinanet_head_key(key)].grad
         if key.startswith("cls_logits"):  # drop the background channel of each anchor
             their_grad = their_grad.view(9, K + 1, *their_grad.shape[1:])[:, 1:].flatten(0, 1)
         # Summed in another order, so equal up to float32 rounding relative to the largest entry.
@@ -271,12 +251,12 @@ def test_equals_torchvision(head_norm):
 
 
 def test_torchvision_head_keys():
-    assert torchvision_head_key("cls_subnet.3.0.weight") == "classification_head.conv.3.0.weight"
-    assert torchvision_head_key("box_subnet.1.1.bias") == "regression_head.conv.1.1.bias"
-    assert torchvision_head_key("cls_logits.bias") == "classification_head.cls_logits.bias"
-    assert torchvision_head_key("bbox_pred.weight") == "regression_head.bbox_reg.weight"
+    assert retinanet_head_key("cls_subnet.3.0.weight") == "classification_head.conv.3.0.weight"
+    assert retinanet_head_key("box_subnet.1.1.bias") == "regression_head.conv.1.1.bias"
+    assert retinanet_head_key("cls_logits.bias") == "classification_head.cls_logits.bias"
+    assert retinanet_head_key("bbox_pred.weight") == "regression_head.bbox_reg.weight"
     with pytest.raises(ValueError, match="key"):
-        torchvision_head_key("backbone.conv1.weight")
+        retinanet_head_key("backbone.conv1.weight")
 
 
 def test_bad_input_raises():
