@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 
 from fpnbook.interop import retinanet_head_state_dict, to_torchvision
-from fpnbook.retinanet import RetinaNet, retinanet_tiny
+from fpnbook.models import retinanet_tiny
+from fpnbook.retinanet import RetinaNet
 from common import model_benchmark_args
 from fpnbook.timing import best_times
 

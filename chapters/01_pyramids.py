@@ -375,7 +375,7 @@ for mine, a, b in zip(by_hand, ours_out.values(), theirs_out.values()):
 # %%
 level_names = ["p2", "p3", "p4", "p5", "p6"]
 level_strides = [4, 8, 16, 32, 64]
-generator = anchors.AnchorGenerator(rpn.SMALL_ANCHOR_SIZES, [rpn.ASPECT_RATIOS] * 5)
+generator = anchors.AnchorGenerator(rpn.SMALL_ANCHOR_SIZES, [anchors.ASPECT_RATIOS] * 5)
 for name, stride, cell in zip(level_names, level_strides, generator.cell_anchors()):
     shapes = [f"{w:.0f}x{h:.0f}" for w, h in (cell[:, 2:] - cell[:, :2]).tolist()]
     print(f"{name} (stride {stride:2d}): w x h = {', '.join(shapes)}")
@@ -383,7 +383,7 @@ for name, stride, cell in zip(level_names, level_strides, generator.cell_anchors
 
 def anchors_for(sizes, map_strides, image_size=256):
     """Anchors of each level of a 256 px image: a list of Tensor[h * w * A, 4], XYXY pixels."""
-    generator = anchors.AnchorGenerator(sizes, [rpn.ASPECT_RATIOS] * len(sizes))
+    generator = anchors.AnchorGenerator(sizes, [anchors.ASPECT_RATIOS] * len(sizes))
     maps = [torch.empty(1, 1, image_size // s, image_size // s) for s in map_strides]
     return generator.anchors_per_level((image_size, image_size), maps)
 
@@ -526,7 +526,7 @@ print(f"roi_level == poolers.assign_levels == LevelMapper on all {len(gt_boxes)}
 # The paper's first experiment trains an RPN alone on three kinds of features and
 # measures how many objects its proposals find: **average recall** (AR) over IoU
 # thresholds 0.5..0.95, with 100 or 1000 proposals per image (AR100, AR1k), and AR1k on
-# small, medium and large objects. `fpnbook.rpn.RPNModel(backbone, features=...)` builds
+# small, medium and large objects. `fpnbook.rcnn.RPNModel(backbone, features=...)` builds
 # each of the three:
 #
 # - (a) `"c4"`: the RPN head on C4 (stride 16), 15 anchors per pixel;

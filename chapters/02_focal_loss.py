@@ -50,7 +50,7 @@ import torchvision
 import fpnbook
 from fpnbook import data
 from fpnbook.losses import cross_entropy_from_pt, focal_loss_from_pt, prior_bias, sigmoid_focal_loss
-from fpnbook.retinanet import retinanet_tiny
+from fpnbook.models import retinanet_tiny
 from fpnbook.widgets.focal import focal_explorer, focal_explorer_state
 
 ROOT = Path.cwd().parent  # the repository root (the notebook runs in chapters/)

@@ -48,7 +48,7 @@ import matplotlib.pyplot as plt
 import torch
 
 import fpnbook
-from fpnbook import data, rcnn, viz
+from fpnbook import data, models, rcnn, viz
 from fpnbook import weight_transfer as wt
 from fpnbook.images import batch_images
 from fpnbook.roi_heads import BoxPredictor, MaskPredictor, mask_loss, paste_masks_in_image
@@ -67,7 +67,7 @@ PAPER_SPLITS = {"voc": 20, "non-voc": 60}  # A->B trains masks on one of these s
 print("paper's class sets:", PAPER_SPLITS)
 
 # %% [markdown]
-# ## 1. Partial supervision (`fpnbook.data.CocoDataset`, `fpnbook.weight_transfer.MaskXRCNN`)
+# ## 1. Partial supervision (`fpnbook.data.CocoDataset`, `fpnbook.rcnn.MaskXRCNN`)
 #
 # Our eight shapes are split into two sets of four, `data.SPLIT_A` and `data.SPLIT_B`,
 # each with a round shape, a polygon and a concave one, so that both sets teach something
@@ -87,10 +87,10 @@ for label, has_mask, mask in zip(target["labels"].tolist(), target["has_mask"].t
 # %% [markdown]
 # In the model, `RoIHeads` takes `has_mask` from the targets: the box losses (classifier
 # and regression) cover the RoIs of every object, the mask loss only RoIs matched to an
-# object with a mask. `wt.MaskXRCNN` goes one step further and makes it a property of the
+# object with a mask. `rcnn.MaskXRCNN` goes one step further and makes it a property of the
 # model: a Mask R-CNN with a `mask_classes` set, where a target without `has_mask` gets one
 # derived from `mask_classes`, and a target claiming a mask for a class outside
-# `mask_classes` is refused. `wt.to_mask_x(mask_rcnn, mask_classes, ...)` builds one from a
+# `mask_classes` is refused. `rcnn.to_mask_x(mask_rcnn, mask_classes, ...)` builds one from a
 # Mask R-CNN's parts, with the mask head of your choice (sections 2 to 5). `tests/test_weight_transfer.py` poisons the `B` masks with NaN and with huge
 # values and checks the losses come out finite and bit-identical, and that the gradient
 # of the mask loss with respect to every `B` mask pixel is exactly zero.
@@ -166,7 +166,7 @@ except ValueError as error:
 images, targets = data.collate([val[i] for i in (3, 4)])
 for stop in (False, True):
     torch.manual_seed(0)
-    model = wt.to_mask_x(rcnn.mask_rcnn_tiny(9), A, transfer="cls+box", stop_gradient=stop)
+    model = rcnn.to_mask_x(models.mask_rcnn_tiny(9), A, transfer="cls+box", stop_gradient=stop)
     model.backbone.requires_grad_(False)  # only the heads' gradients matter here; skip the backbone's
     model.train()
     model(images, targets)["loss_mask"].backward()
@@ -341,9 +341,9 @@ assert run.returncode == 0 and smoke["smoke"] and set(smoke["metrics"]["directio
 def load_mask_x(kind: str) -> torch.nn.Module:
     """The experiment's A->B model with the ``kind`` ("agnostic" or "transfer") mask branch (no RPN or box head)."""
     agnostic = kind == "agnostic"
-    model = rcnn.mask_rcnn_tiny(9, mask_layers=tuple(setup["mask_layers"]), mask_dim_reduced=setup["mask_layers"][-1],
+    model = models.mask_rcnn_tiny(9, mask_layers=tuple(setup["mask_layers"]), mask_dim_reduced=setup["mask_layers"][-1],
                                 class_agnostic_mask=agnostic)
-    model = wt.to_mask_x(model, A, transfer=None if agnostic else "cls+box")
+    model = rcnn.to_mask_x(model, A, transfer=None if agnostic else "cls+box")
     state = {}
     for part in ("detector", kind):
         state.update(torch.load(RESULTS / f"lse_table1_{part}.pt", weights_only=True))

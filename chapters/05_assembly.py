@@ -47,7 +47,7 @@ from skimage import data as skdata
 
 import fpnbook
 from fpnbook import cli, data, models, pretrain, train, viz
-from fpnbook.anchors import AnchorGenerator
+from fpnbook.anchors import ASPECT_RATIOS, AnchorGenerator
 from fpnbook.backbone import resnet_tiny
 from fpnbook.boxes import box_iou
 from fpnbook.evaluate import coco_evaluate, format_table, to_coco_results
@@ -57,7 +57,7 @@ from fpnbook.labelme import labelme_to_coco
 from fpnbook.poolers import MultiScaleRoIAlign
 from fpnbook.rcnn import MaskRCNN
 from fpnbook.roi_heads import BoxPredictor, MaskHead, MaskPredictor, RoIHeads, TwoMLPHead
-from fpnbook.rpn import ASPECT_RATIOS, SMALL_ANCHOR_SIZES, RegionProposalNetwork, RPNHead
+from fpnbook.rpn import SMALL_ANCHOR_SIZES, RegionProposalNetwork, RPNHead
 
 torch.set_num_threads(2)
 ROOT = Path(fpnbook.__file__).resolve().parents[1]

@@ -2,7 +2,7 @@
 
     python -m experiments.focal_table1 [--smoke] [--threads 2]
 
-Every variant is the same tiny RetinaNet (``fpnbook.retinanet.retinanet_tiny``: GroupNorm
+Every variant is the same tiny RetinaNet (``fpnbook.models.retinanet_tiny``: GroupNorm
 ResNet, 64-channel FPN P3..P7, 9 anchors per location, GroupNorm in the subnets because
 it trains from scratch), started from the same random weights with the classifier bias
 at the prior π = 0.01, trained on the same images with the same schedule and seed. Only
@@ -36,7 +36,8 @@ from experiments import common
 from fpnbook import data
 from fpnbook.images import batch_images
 from fpnbook.matching import BETWEEN_THRESHOLDS
-from fpnbook.retinanet import RetinaNet, retinanet_tiny
+from fpnbook.models import retinanet_tiny
+from fpnbook.retinanet import RetinaNet
 from fpnbook.train import DETECTRON_RECIPE, TrainConfig, evaluate_model, train
 
 NAME = "focal_table1"

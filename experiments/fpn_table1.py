@@ -23,7 +23,7 @@ import torch
 from experiments import common
 from fpnbook import backbone, data
 from fpnbook.evaluate import coco_evaluate, to_coco_results
-from fpnbook.rpn import RPNModel
+from fpnbook.rcnn import RPNModel
 from fpnbook.train import DETECTRON_RECIPE, TrainConfig, predict, train
 
 NAME = "fpn_table1"

@@ -11,14 +11,14 @@ shapes each), like the paper's voc->non-voc and non-voc->voc.
 
 Protocol (the paper's Table 1a-c is *stage-wise*; so is ours):
 
-1. Stage 1, once: a tiny Faster R-CNN (``rcnn.faster_rcnn_tiny``) learns boxes of all
+1. Stage 1, once: a tiny Faster R-CNN (``models.faster_rcnn_tiny``) learns boxes of all
    eight classes. Its backbone, FPN and RPN stay frozen from here on.
 2. Every training image's RoIs are sampled and pooled once through the frozen detector
    (128 RoIs per image, up to 25% foreground): the box head's 7x7 features and, for
    foreground RoIs, the mask head's 14x14 features. Mask targets are cut from a
    dataset built with ``mask_classes`` = A (B masks zeroed, ``has_mask`` False) and
    only RoIs matched to objects with a mask get one, so no B mask pixel is ever read.
-3. Each variant is a Mask^X R-CNN (``weight_transfer.to_mask_x``) on the stage-1
+3. Each variant is a Mask^X R-CNN (``rcnn.to_mask_x``) on the stage-1
    detector, whose mask branch (mask head + predictor, and T) trains on the pooled
    features for the same number of steps, seed and learning rate:
 
@@ -61,14 +61,14 @@ from pycocotools.coco import COCO
 from torch import nn
 
 from experiments import common
-from fpnbook import data, rcnn
+from fpnbook import data, models, rcnn
 from fpnbook import weight_transfer as wt
-from fpnbook.anchors import AnchorGenerator
+from fpnbook.anchors import ASPECT_RATIOS, AnchorGenerator
 from fpnbook.evaluate import coco_evaluate, to_coco_results
 from fpnbook.images import batch_images
 from fpnbook.matching import BalancedSampler
 from fpnbook.roi_heads import fast_rcnn_loss, mask_loss, paste_masks_in_image, project_masks_on_boxes
-from fpnbook.rpn import ASPECT_RATIOS, SMALL_ANCHOR_SIZES, RegionProposalNetwork, RPNHead
+from fpnbook.rpn import SMALL_ANCHOR_SIZES, RegionProposalNetwork, RPNHead
 from fpnbook.train import DETECTRON_RECIPE, TrainConfig, batch_indices, learning_rate_factor, train
 
 NAME = "lse_table1"
@@ -132,7 +132,7 @@ def detector(seed: int) -> rcnn.FasterRCNN:
     rpn = RegionProposalNetwork(generator, RPNHead(64, generator.num_anchors_per_location()[0]),
                                 pre_nms_top_n=dict(training=1000, testing=1000),
                                 post_nms_top_n=dict(training=500, testing=1000))
-    model = rcnn.faster_rcnn_tiny(NUM_CLASSES, rpn=rpn)
+    model = models.faster_rcnn_tiny(NUM_CLASSES, rpn=rpn)
     model.roi_heads.sampler = BalancedSampler(ROIS_PER_IMAGE, 0.25)
     return model
 
@@ -141,13 +141,13 @@ def variant_model(name: str, mask_classes, stage1: dict, seed: int) -> nn.Module
     """A Mask R-CNN (Mask^X R-CNN but for the oracles) carrying the stage-1 detector and a fresh mask branch for ``name``."""
     torch.manual_seed(seed)  # every variant's mask head starts from the same weights
     if name in (ORACLE, ORACLE_AGNOSTIC):
-        model = rcnn.mask_rcnn_tiny(NUM_CLASSES, mask_layers=MASK_LAYERS, mask_dim_reduced=MASK_DIM,
+        model = models.mask_rcnn_tiny(NUM_CLASSES, mask_layers=MASK_LAYERS, mask_dim_reduced=MASK_DIM,
                                     class_agnostic_mask=name == ORACLE_AGNOSTIC)
     else:
         transfer, kind, mlp, _, stop = VARIANTS[name]
-        model = rcnn.mask_rcnn_tiny(NUM_CLASSES, mask_layers=MASK_LAYERS, mask_dim_reduced=MASK_DIM,
+        model = models.mask_rcnn_tiny(NUM_CLASSES, mask_layers=MASK_LAYERS, mask_dim_reduced=MASK_DIM,
                                     class_agnostic_mask=transfer is None)
-        model = wt.to_mask_x(model, mask_classes, transfer=transfer, kind=kind or "mlp", stop_gradient=stop,
+        model = rcnn.to_mask_x(model, mask_classes, transfer=transfer, kind=kind or "mlp", stop_gradient=stop,
                              class_agnostic_mlp=mlp)
     if model.roi_heads.class_agnostic_mask:
         # The authors' code (Detectron's too) starts a class-agnostic mask's logits at std

@@ -27,8 +27,13 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-FPN_SIZES = ((32,), (64,), (128,), (256,), (512,))
-FPN_ASPECT_RATIOS = ((0.5, 1.0, 2.0),) * 5
+FPN_SIZES = ((32,), (64,), (128,), (256,), (512,))  # the paper's, for ~800 px images
+# Anchor shapes h/w = 1:2, 1:1, 2:1, for every detector in the book.
+ASPECT_RATIOS = (0.5, 1.0, 2.0)
+FPN_ASPECT_RATIOS = (ASPECT_RATIOS,) * 5
+# Half the paper's sizes, for the book's ~256 px images: one per level of P2..P6 (the RPN)
+# or P3..P7 (RetinaNet's base sizes, each with three octave scales).
+ANCHOR_BASE_SIZES = (16, 32, 64, 128, 256)
 
 # Grid anchors computed for this many (image size, feature sizes, dtype, device) keys are kept.
 CACHE_SIZE = 16

@@ -29,9 +29,8 @@ from torch import nn
 
 from .backbone import TorchvisionBackbone, resnet_small, resnet_tiny
 from .fpn import FPN, BackboneWithFPN, LastLevelMaxPool, LastLevelP6P7
-from .rcnn import FasterRCNN, MaskRCNN
+from .rcnn import FasterRCNN, MaskRCNN, to_mask_x
 from .retinanet import RetinaNet
-from .weight_transfer import to_mask_x
 
 KINDS = ("retinanet", "faster_rcnn", "mask_rcnn", "mask_x_rcnn")
 # torchvision's (and Detectron's) training counts for 800 px COCO images: ``ModelConfig(**COCO_SIZING)``.
@@ -111,16 +110,25 @@ def build_body(config: ModelConfig) -> nn.Module:
     return TorchvisionBackbone(config.backbone, norm=config.norm)
 
 
-def build(config: ModelConfig) -> nn.Module:
-    """The detector ``config`` describes, with fresh weights."""
-    body = build_body(config)
-    channels = config.fpn_channels
+def build_backbone(config: ModelConfig) -> BackboneWithFPN:
+    """Body + FPN for ``config``: P3..P7 for RetinaNet (P6 from C5, as in its paper), P2..P6 otherwise.
+
+    The one place the book assembles a detector's backbone; :func:`build` and the
+    ``*_tiny`` helpers below all use it.
+    """
+    body, channels = build_body(config), config.fpn_channels
     if config.kind == "retinanet":
         c3_to_c5 = body.out_channels[1:]
         fpn = FPN(c3_to_c5, channels, LastLevelP6P7(c3_to_c5[-1], channels, use_p5=False))
-        backbone = BackboneWithFPN(body, fpn, in_names=("c3", "c4", "c5"))
+        return BackboneWithFPN(body, fpn, in_names=("c3", "c4", "c5"))
+    return BackboneWithFPN(body, FPN(body.out_channels, channels, LastLevelMaxPool()))
+
+
+def build(config: ModelConfig) -> nn.Module:
+    """The detector ``config`` describes, with fresh weights."""
+    backbone = build_backbone(config)
+    if config.kind == "retinanet":
         return RetinaNet(backbone, config.num_classes, head_norm="gn" if config.norm == "gn" else None)
-    backbone = BackboneWithFPN(body, FPN(body.out_channels, channels, LastLevelMaxPool()))
     with_background = config.num_classes + 1
     sizing = dict(rpn_pre_nms_top_n=dict(training=config.rpn_pre_nms_top_n_train, testing=1000),
                   rpn_post_nms_top_n=dict(training=config.rpn_post_nms_top_n_train, testing=1000),
@@ -132,3 +140,42 @@ def build(config: ModelConfig) -> nn.Module:
     model = MaskRCNN(backbone, with_background, **sizing)
     return to_mask_x(model, config.mask_classes, transfer=config.transfer_inputs, kind=config.transfer_kind,
                      class_agnostic_mlp=config.transfer_mlp_branch)
+
+
+# ---------------------------------------------------------------- small models for tests and chapters
+#
+# The backbones of :func:`build` with the heads' every argument open (``kwargs``), for
+# tests and chapters that vary what a ModelConfig does not (head sizes, losses, priors).
+
+
+def fpn_backbone_tiny(fpn_channels: int = 64) -> BackboneWithFPN:
+    """:func:`fpnbook.backbone.resnet_tiny` + a ``fpn_channels`` FPN with P2..P6 (P6 by max-pooling P5)."""
+    return build_backbone(ModelConfig(kind="mask_rcnn", fpn_channels=fpn_channels))
+
+
+def faster_rcnn_tiny(num_classes: int, **kwargs) -> FasterRCNN:
+    """Faster R-CNN on the tiny ResNet + FPN (64 channels), sized for 256 px images on a CPU.
+
+    ``num_classes`` counts the background (torchvision's meaning); ``kwargs`` go to :class:`FasterRCNN`.
+    """
+    return FasterRCNN(fpn_backbone_tiny(), num_classes, **kwargs)
+
+
+def mask_rcnn_tiny(num_classes: int, **kwargs) -> MaskRCNN:
+    """Mask R-CNN on the tiny ResNet + FPN (64 channels), mask head 4 x 64 channels, sized for 256 px images.
+
+    ``num_classes`` counts the background (torchvision's meaning); ``kwargs`` go to :class:`MaskRCNN`.
+    """
+    return MaskRCNN(fpn_backbone_tiny(), num_classes, **kwargs)
+
+
+def retinanet_tiny(num_classes: int, out_channels: int = 64, **kwargs) -> RetinaNet:
+    """RetinaNet on :func:`fpnbook.backbone.resnet_tiny` (GroupNorm) with a ``out_channels``-wide FPN, P3..P7.
+
+    ``num_classes`` is K, the object classes. P6 is computed from C5 as in the paper. For
+    tests and chapters: a training step on two 256 px images takes ~0.2 s on one CPU thread.
+    ``kwargs`` go to :class:`RetinaNet`; pass ``head_norm="gn"`` to train it from scratch in
+    few steps (see :class:`~fpnbook.retinanet.RetinaNetHead`).
+    """
+    backbone = build_backbone(ModelConfig(kind="retinanet", num_classes=num_classes, fpn_channels=out_channels))
+    return RetinaNet(backbone, num_classes, **kwargs)

@@ -58,7 +58,7 @@ def _is_positive_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
-def _output_size(output_size: int | Sequence[int]) -> tuple[int, int]:
+def output_size_pair(output_size: int | Sequence[int]) -> tuple[int, int]:
     """``7`` or ``(7, 7)`` -> ``(7, 7)``; anything else is a ValueError."""
     size = (output_size, output_size) if isinstance(output_size, int) else output_size
     if not isinstance(size, Sequence) or len(size) != 2 or not all(_is_positive_int(s) for s in size):
@@ -202,7 +202,7 @@ def roi_align(
     """
     _check_input(input)
     _check_scale(spatial_scale)
-    out_h, out_w = _output_size(output_size)
+    out_h, out_w = output_size_pair(output_size)
     rois = _rois(input, boxes)
     num_images, channels, height, width = input.shape
     num_rois = len(rois)
@@ -518,7 +518,7 @@ def roi_pool(
     """
     _check_input(input)
     _check_scale(spatial_scale)
-    out_h, out_w = _output_size(output_size)
+    out_h, out_w = output_size_pair(output_size)
     rois = _rois(input, boxes)
     num_rois, channels = len(rois), input.shape[1]
     if num_rois == 0 or input.numel() == 0:
@@ -546,7 +546,7 @@ class RoIAlign(nn.Module):
         self, output_size: int | Sequence[int], spatial_scale: float, sampling_ratio: int, aligned: bool = False
     ) -> None:
         super().__init__()
-        self.output_size = _output_size(output_size)
+        self.output_size = output_size_pair(output_size)
         _check_scale(spatial_scale)
         self.spatial_scale = spatial_scale
         self.sampling_ratio = sampling_ratio
@@ -567,7 +567,7 @@ class RoIPool(nn.Module):
 
     def __init__(self, output_size: int | Sequence[int], spatial_scale: float) -> None:
         super().__init__()
-        self.output_size = _output_size(output_size)
+        self.output_size = output_size_pair(output_size)
         _check_scale(spatial_scale)
         self.spatial_scale = spatial_scale
 

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .boxes import box_area, check_box_shape, check_boxes
-from .ops import _output_size, roi_align, roi_pool
+from .ops import output_size_pair, roi_align, roi_pool
 
 
 def assign_levels(
@@ -118,7 +118,7 @@ class MultiScaleRoIAlign(nn.Module):
             raise ValueError(f"pool must be 'align' or 'pool', got {pool!r}")
         check_level_rule(canonical_scale, canonical_level)
         self.featmap_names = list(featmap_names)
-        self.output_size = _output_size(output_size)
+        self.output_size = output_size_pair(output_size)
         self.sampling_ratio = sampling_ratio
         self.canonical_scale = canonical_scale
         self.canonical_level = canonical_level

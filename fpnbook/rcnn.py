@@ -26,18 +26,26 @@ Scaled to the book's ~256 px images (the papers use ~800 px):
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
 
 from torch import Tensor, nn
 
-from .anchors import AnchorGenerator
-from .backbone import resnet_tiny
-from .fpn import FPN, BackboneWithFPN, LastLevelMaxPool
+from .anchors import ASPECT_RATIOS, AnchorGenerator
+from .fpn import FPN, LastLevelMaxPool
 from .images import batch_images, check_targets
 from .poolers import MultiScaleRoIAlign
 from .roi_heads import BoxPredictor, MaskHead, MaskPredictor, RoIHeads, TwoMLPHead, paste_masks_in_image
-from .rpn import ASPECT_RATIOS, SMALL_ANCHOR_SIZES, RegionProposalNetwork, RPNHead
+from .rpn import SMALL_ANCHOR_SIZES, RegionProposalNetwork, RPNHead
 from .timing import stage
+from .weight_transfer import (
+    FusedMaskPredictor,
+    TransferMaskPredictor,
+    WeightTransfer,
+    check_mask_classes,
+    partial_mask_targets,
+    transfer_input_dim,
+)
 
 
 CANONICAL_SCALE = 112  # the paper's 224 for ~800 px images; see the module docstring
@@ -172,23 +180,140 @@ class MaskRCNN(FasterRCNN):
         heads.class_agnostic_mask = class_agnostic_mask
 
 
-def fpn_backbone_tiny(fpn_channels: int = 64) -> BackboneWithFPN:
-    """:func:`fpnbook.backbone.resnet_tiny` + a ``fpn_channels`` FPN with P2..P6 (P6 by max-pooling P5)."""
-    body = resnet_tiny()
-    return BackboneWithFPN(body, FPN(body.out_channels, fpn_channels, LastLevelMaxPool()))
+class MaskXRCNN(MaskRCNN):
+    """Mask^X R-CNN (Hu et al. 2018): a Mask R-CNN whose mask branch trains on ``mask_classes`` only.
 
-
-def faster_rcnn_tiny(num_classes: int, **kwargs) -> FasterRCNN:
-    """Faster R-CNN on the tiny ResNet + FPN (64 channels), sized for 256 px images on a CPU.
-
-    ``num_classes`` counts the background; ``kwargs`` go to :class:`FasterRCNN`.
+    Inputs and outputs are :class:`fpnbook.rcnn.MaskRCNN`'s. In training every target
+    goes through :func:`partial_mask_targets` first: ``has_mask`` [G] is derived from
+    ``mask_classes`` when a target lacks it, and a target that marks a mask on another
+    class is refused, so the mask loss sees only ``mask_classes`` objects while the box
+    losses cover every class. At inference it predicts masks for every class. Build one
+    with :func:`to_mask_x` (or :func:`fpnbook.models.build`).
     """
-    return FasterRCNN(fpn_backbone_tiny(), num_classes, **kwargs)
+
+    def __init__(self, backbone: nn.Module, rpn: nn.Module, roi_heads: nn.Module, mask_classes: Iterable[int]) -> None:
+        super().__init__(backbone, rpn=rpn, roi_heads=roi_heads)
+        self.mask_classes = check_mask_classes(mask_classes, roi_heads.box_predictor.cls_score.out_features)
+
+    def forward(
+        self, images: Sequence[Tensor], targets: Sequence[Mapping[str, Tensor]] | None = None
+    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        if self.training and targets is not None:
+            targets = partial_mask_targets(targets, self.mask_classes)
+        return super().forward(images, targets)
+
+    def extra_repr(self) -> str:
+        return f"mask_classes={sorted(self.mask_classes)}"
 
 
-def mask_rcnn_tiny(num_classes: int, **kwargs) -> MaskRCNN:
-    """Mask R-CNN on the tiny ResNet + FPN (64 channels), mask head 4 x 64 channels, sized for 256 px images.
+def to_mask_x(
+    model: nn.Module,
+    mask_classes: Iterable[int],
+    transfer: str | None = "cls+box",
+    kind: str = "mlp",
+    hidden: int | None = None,
+    stop_gradient: bool = True,
+    class_agnostic_mlp: bool = False,
+) -> MaskXRCNN:
+    """A :class:`MaskXRCNN` made of ``model``'s parts, trained with the masks of ``mask_classes`` only.
 
-    ``num_classes`` counts the background; ``kwargs`` go to :class:`MaskRCNN`.
+    ``model`` is an :class:`fpnbook.rcnn.MaskRCNN` (anything whose ``roi_heads`` has
+    ``box_predictor``, ``mask_head`` and a ``mask_predictor`` with a ``conv5_mask``
+    deconv). ``transfer`` ("cls", "box", "cls+box") replaces the mask predictor by a
+    :class:`TransferMaskPredictor` with a ``kind`` T reading those box weights;
+    ``transfer=None`` keeps the model's own predictor, which must then be class-agnostic
+    (build it with ``class_agnostic_mask=True``): the baseline. ``class_agnostic_mlp``
+    adds the :class:`MLPMaskBranch` (the fused head).
+
+    The parts move, they are not copied: ``model``'s RoI heads get the new mask
+    predictor, so use the returned model from then on. State dict keys stay those of a
+    Mask R-CNN with that predictor, so weights load either way.
     """
-    return MaskRCNN(fpn_backbone_tiny(), num_classes, **kwargs)
+    heads = getattr(model, "roi_heads", None)
+    for name in ("box_predictor", "mask_head", "mask_predictor"):
+        if getattr(heads, name, None) is None:
+            raise TypeError(f"model.roi_heads must have a {name} (build the model with fpnbook.models.mask_rcnn_tiny)")
+    num_classes = heads.box_predictor.cls_score.out_features
+    check_mask_classes(mask_classes, num_classes)  # before anything changes
+    predictor = heads.mask_predictor
+    deconv = getattr(predictor, "conv5_mask", None)
+    if not isinstance(deconv, nn.ConvTranspose2d):
+        raise TypeError("model.roi_heads.mask_predictor must have a conv5_mask deconv (see fpnbook.roi_heads.MaskPredictor)")
+    in_channels, dim_reduced = deconv.in_channels, deconv.out_channels
+    if transfer is None:
+        if not heads.class_agnostic_mask:
+            raise ValueError("transfer=None is the class-agnostic baseline: build the model with class_agnostic_mask=True")
+    else:
+        size = heads.box_predictor.cls_score.in_features
+        weight_transfer = WeightTransfer(transfer_input_dim(size, transfer), dim_reduced, hidden, transfer, kind)
+        predictor = TransferMaskPredictor(heads.box_predictor, weight_transfer, in_channels, dim_reduced, stop_gradient)
+        heads.class_agnostic_mask = False
+    if class_agnostic_mlp:
+        predictor = FusedMaskPredictor(predictor, in_channels)
+    heads.mask_predictor = predictor
+    return MaskXRCNN(model.backbone, model.rpn, heads, mask_classes)
+
+
+class RPNModel(nn.Module):
+    """A trainable RPN on its own, for FPN Table 1 (RPN on C4, on C5, or on the FPN).
+
+    ``backbone``: a module with ``names``/``out_channels``/``strides`` returning C2..C5
+    (e.g. :func:`fpnbook.backbone.resnet_tiny`). ``features``:
+
+    - ``"fpn"``: an FPN (``fpn_channels``) with P2..P6; one anchor size per level
+      (``anchor_sizes``, default :data:`SMALL_ANCHOR_SIZES`, 16..256) x 3 ratios;
+    - ``"c4"`` / ``"c5"``: the single map C4 (stride 16) or C5 (stride 32); all five sizes
+      on that one map x 3 ratios = 15 anchors per pixel, as the paper's baselines
+      (sizes 32..512 there, 16..256 here for our 256 px images).
+
+    The rest of the keyword arguments go to :class:`RegionProposalNetwork`.
+
+    forward(images: list of Tensor[3, H, W] in 0..1, targets: list of dicts with ``boxes``)
+    -> in training ``{"loss_objectness", "loss_rpn_box_reg"}``; in eval one dict per
+    image with ``boxes`` Tensor[P, 4] (XYXY pixels), ``scores`` Tensor[P] (objectness
+    probability, best first) and ``levels`` Tensor[P] (0 = the finest map used).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        features: str = "fpn",
+        *,
+        fpn_channels: int = 64,
+        anchor_sizes: Sequence[Sequence[float]] = SMALL_ANCHOR_SIZES,
+        aspect_ratios: Sequence[float] = ASPECT_RATIOS,
+        **rpn_kwargs,
+    ) -> None:
+        super().__init__()
+        if features not in ("fpn", "c4", "c5"):
+            raise ValueError(f"features must be 'fpn', 'c4' or 'c5', got {features!r}")
+        self.backbone = backbone
+        self.features = features
+        channels = dict(zip(backbone.names, backbone.out_channels))
+        if features == "fpn":
+            self.fpn = FPN(backbone.out_channels, fpn_channels, LastLevelMaxPool())
+            sizes = [tuple(s) for s in anchor_sizes]
+            in_channels = fpn_channels
+        else:
+            self.fpn = None
+            sizes = [tuple(s for level in anchor_sizes for s in level)]  # every size on the one map
+            in_channels = channels[features]
+        generator = AnchorGenerator(sizes, [tuple(aspect_ratios)] * len(sizes))
+        head = RPNHead(in_channels, generator.num_anchors_per_location()[0])
+        self.rpn = RegionProposalNetwork(generator, head, **rpn_kwargs)
+
+    def forward(
+        self, images: Sequence[Tensor], targets: Sequence[Mapping[str, Tensor]] | None = None
+    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        batch, image_sizes = batch_images(images)
+        if self.training:  # checked once, here, where they enter
+            targets = check_targets(targets, len(image_sizes), labels=False)
+        maps = self.backbone(batch)
+        if self.fpn is not None:
+            maps = self.fpn(maps)
+        else:
+            maps = OrderedDict([(self.features, maps[self.features])])
+        if not self.training:
+            return self.rpn.propose(batch, image_sizes, maps)
+        anchors, objectness, deltas, _ = self.rpn.predict(batch, image_sizes, maps)
+        return self.rpn.losses(anchors, objectness, deltas, targets)

@@ -29,10 +29,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
-from .anchors import AnchorGenerator, octave_sizes
-from .backbone import group_norm_groups, resnet_tiny
+from .anchors import ANCHOR_BASE_SIZES, ASPECT_RATIOS, AnchorGenerator, octave_sizes
+from .backbone import group_norm_groups
 from .boxes import BoxCoder, box_iou, clip_boxes_to_image
-from .fpn import FPN, BackboneWithFPN, LastLevelP6P7
 from .images import batch_images, check_targets
 from .losses import prior_bias, sigmoid_focal_loss
 from .matching import BETWEEN_THRESHOLDS, Matcher
@@ -44,8 +43,6 @@ from .timing import stage
 # at stride 8 would leave gaps between neighbours (a box between two anchor centres
 # would overlap none of them by 0.5); objects under ~16 px get their best anchor
 # through the low-quality-match rule.
-ANCHOR_BASE_SIZES = (16, 32, 64, 128, 256)
-ASPECT_RATIOS = (0.5, 1.0, 2.0)
 LOSSES = ("focal", "ce", "alpha_ce")
 
 
@@ -327,16 +324,3 @@ def pad_targets(targets: Sequence[Mapping[str, Tensor]], like: Tensor) -> tuple[
         boxes[i, : len(t["boxes"])] = t["boxes"]
         labels[i, : len(t["labels"])] = t["labels"]
     return boxes, labels
-
-
-def retinanet_tiny(num_classes: int, out_channels: int = 64, **kwargs) -> RetinaNet:
-    """RetinaNet on :func:`fpnbook.backbone.resnet_tiny` (GroupNorm) with a ``out_channels``-wide FPN, P3..P7.
-
-    P6 is computed from C5 as in the paper. For tests and chapters: a training step on
-    two 256 px images takes ~0.2 s on one CPU thread. ``kwargs`` go to :class:`RetinaNet`;
-    pass ``head_norm="gn"`` to train it from scratch in few steps (see :class:`RetinaNetHead`).
-    """
-    body = resnet_tiny()
-    c3_to_c5 = body.out_channels[1:]
-    fpn = FPN(c3_to_c5, out_channels, LastLevelP6P7(c3_to_c5[-1], out_channels, use_p5=False))
-    return RetinaNet(BackboneWithFPN(body, fpn, in_names=("c3", "c4", "c5")), num_classes, **kwargs)

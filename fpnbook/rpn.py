@@ -26,7 +26,6 @@ weights, anchors and inputs.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -34,10 +33,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
-from .anchors import AnchorGenerator
+from .anchors import ANCHOR_BASE_SIZES, AnchorGenerator
 from .boxes import BoxCoder, box_iou, clip_boxes_to_image, remove_small_boxes
-from .fpn import FPN, LastLevelMaxPool
-from .images import batch_images, check_targets
+from .images import check_targets
 from .matching import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, BalancedSampler, Matcher
 from .timing import stage
 
@@ -45,8 +43,7 @@ from .timing import stage
 # One size per level P2..P6 (stride 4..64), i.e. 4x the stride where the paper has 8x,
 # so a 256 px image is covered from ~10 px objects (low-quality matches reach 8 px ones)
 # up to the whole image.
-SMALL_ANCHOR_SIZES = ((16,), (32,), (64,), (128,), (256,))
-ASPECT_RATIOS = (0.5, 1.0, 2.0)
+SMALL_ANCHOR_SIZES = tuple((size,) for size in ANCHOR_BASE_SIZES)  # one size per level, P2..P6
 
 
 class RPNHead(nn.Module):
@@ -188,7 +185,7 @@ class RegionProposalNetwork(nn.Module):
     ) -> dict[str, Tensor]:
         """``{"loss_objectness", "loss_rpn_box_reg"}`` for the outputs of :meth:`predict`.
 
-        An RPN trained on its own (:class:`RPNModel`) calls this after :meth:`predict` and
+        An RPN trained on its own (:class:`fpnbook.rcnn.RPNModel`) calls this after :meth:`predict` and
         skips :meth:`select_proposals`, whose boxes only the RoI heads would use.
         """
         with stage("checks"):
@@ -329,68 +326,3 @@ def check_inputs(images: Tensor, image_sizes: Sequence[tuple[int, int]], feature
         if not isinstance(x, Tensor) or x.ndim != 4 or x.shape[0] != batch:
             raise ValueError(f"features[{name!r}] must be a Tensor[{batch}, C, H, W], got {getattr(x, 'shape', type(x))}")
     return maps
-
-
-class RPNModel(nn.Module):
-    """A trainable RPN on its own, for FPN Table 1 (RPN on C4, on C5, or on the FPN).
-
-    ``backbone``: a module with ``names``/``out_channels``/``strides`` returning C2..C5
-    (e.g. :func:`fpnbook.backbone.resnet_tiny`). ``features``:
-
-    - ``"fpn"``: an FPN (``fpn_channels``) with P2..P6; one anchor size per level
-      (``anchor_sizes``, default :data:`SMALL_ANCHOR_SIZES`, 16..256) x 3 ratios;
-    - ``"c4"`` / ``"c5"``: the single map C4 (stride 16) or C5 (stride 32); all five sizes
-      on that one map x 3 ratios = 15 anchors per pixel, as the paper's baselines
-      (sizes 32..512 there, 16..256 here for our 256 px images).
-
-    The rest of the keyword arguments go to :class:`RegionProposalNetwork`.
-
-    forward(images: list of Tensor[3, H, W] in 0..1, targets: list of dicts with ``boxes``)
-    -> in training ``{"loss_objectness", "loss_rpn_box_reg"}``; in eval one dict per
-    image with ``boxes`` Tensor[P, 4] (XYXY pixels), ``scores`` Tensor[P] (objectness
-    probability, best first) and ``levels`` Tensor[P] (0 = the finest map used).
-    """
-
-    def __init__(
-        self,
-        backbone: nn.Module,
-        features: str = "fpn",
-        *,
-        fpn_channels: int = 64,
-        anchor_sizes: Sequence[Sequence[float]] = SMALL_ANCHOR_SIZES,
-        aspect_ratios: Sequence[float] = ASPECT_RATIOS,
-        **rpn_kwargs,
-    ) -> None:
-        super().__init__()
-        if features not in ("fpn", "c4", "c5"):
-            raise ValueError(f"features must be 'fpn', 'c4' or 'c5', got {features!r}")
-        self.backbone = backbone
-        self.features = features
-        channels = dict(zip(backbone.names, backbone.out_channels))
-        if features == "fpn":
-            self.fpn = FPN(backbone.out_channels, fpn_channels, LastLevelMaxPool())
-            sizes = [tuple(s) for s in anchor_sizes]
-            in_channels = fpn_channels
-        else:
-            self.fpn = None
-            sizes = [tuple(s for level in anchor_sizes for s in level)]  # every size on the one map
-            in_channels = channels[features]
-        generator = AnchorGenerator(sizes, [tuple(aspect_ratios)] * len(sizes))
-        head = RPNHead(in_channels, generator.num_anchors_per_location()[0])
-        self.rpn = RegionProposalNetwork(generator, head, **rpn_kwargs)
-
-    def forward(
-        self, images: Sequence[Tensor], targets: Sequence[Mapping[str, Tensor]] | None = None
-    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
-        batch, image_sizes = batch_images(images)
-        if self.training:  # checked once, here, where they enter
-            targets = check_targets(targets, len(image_sizes), labels=False)
-        maps = self.backbone(batch)
-        if self.fpn is not None:
-            maps = self.fpn(maps)
-        else:
-            maps = OrderedDict([(self.features, maps[self.features])])
-        if not self.training:
-            return self.rpn.propose(batch, image_sizes, maps)
-        anchors, objectness, deltas, _ = self.rpn.predict(batch, image_sizes, maps)
-        return self.rpn.losses(anchors, objectness, deltas, targets)

@@ -33,8 +33,8 @@ whose one 28x28 mask is added to every class's transferred logits: an fc layer s
 whole RoI at once and captures an object's overall shape, where the 3x3 convs see
 neighbourhoods.
 
-:class:`MaskXRCNN` is a Mask R-CNN (:mod:`fpnbook.rcnn`) with a ``mask_classes`` set, and
-:func:`to_mask_x` builds one from a Mask R-CNN's parts: the mask loss covers only RoIs
+:class:`fpnbook.rcnn.MaskXRCNN` is a Mask R-CNN with a ``mask_classes`` set, and
+:func:`fpnbook.rcnn.to_mask_x` builds one from a Mask R-CNN's parts: the mask loss covers only RoIs
 matched to objects of those classes (``has_mask``, see :mod:`fpnbook.roi_heads`), the box
 losses cover every class.
 """
@@ -47,7 +47,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .rcnn import MaskRCNN
 
 INPUTS = ("cls", "box", "cls+box")
 KINDS = ("linear", "mlp")
@@ -314,77 +313,3 @@ def partial_mask_targets(targets: Sequence[Mapping[str, Tensor]], mask_classes: 
             raise ValueError(f"targets[{i}]['has_mask'] must be a bool Tensor[{labels.shape[0]}] (one per box)")
         out.append({**target, "has_mask": has_mask})
     return out
-
-
-class MaskXRCNN(MaskRCNN):
-    """Mask^X R-CNN (Hu et al. 2018): a Mask R-CNN whose mask branch trains on ``mask_classes`` only.
-
-    Inputs and outputs are :class:`fpnbook.rcnn.MaskRCNN`'s. In training every target
-    goes through :func:`partial_mask_targets` first: ``has_mask`` [G] is derived from
-    ``mask_classes`` when a target lacks it, and a target that marks a mask on another
-    class is refused, so the mask loss sees only ``mask_classes`` objects while the box
-    losses cover every class. At inference it predicts masks for every class. Build one
-    with :func:`to_mask_x` (or :func:`fpnbook.models.build`).
-    """
-
-    def __init__(self, backbone: nn.Module, rpn: nn.Module, roi_heads: nn.Module, mask_classes: Iterable[int]) -> None:
-        super().__init__(backbone, rpn=rpn, roi_heads=roi_heads)
-        self.mask_classes = check_mask_classes(mask_classes, roi_heads.box_predictor.cls_score.out_features)
-
-    def forward(
-        self, images: Sequence[Tensor], targets: Sequence[Mapping[str, Tensor]] | None = None
-    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
-        if self.training and targets is not None:
-            targets = partial_mask_targets(targets, self.mask_classes)
-        return super().forward(images, targets)
-
-    def extra_repr(self) -> str:
-        return f"mask_classes={sorted(self.mask_classes)}"
-
-
-def to_mask_x(
-    model: nn.Module,
-    mask_classes: Iterable[int],
-    transfer: str | None = "cls+box",
-    kind: str = "mlp",
-    hidden: int | None = None,
-    stop_gradient: bool = True,
-    class_agnostic_mlp: bool = False,
-) -> MaskXRCNN:
-    """A :class:`MaskXRCNN` made of ``model``'s parts, trained with the masks of ``mask_classes`` only.
-
-    ``model`` is an :class:`fpnbook.rcnn.MaskRCNN` (anything whose ``roi_heads`` has
-    ``box_predictor``, ``mask_head`` and a ``mask_predictor`` with a ``conv5_mask``
-    deconv). ``transfer`` ("cls", "box", "cls+box") replaces the mask predictor by a
-    :class:`TransferMaskPredictor` with a ``kind`` T reading those box weights;
-    ``transfer=None`` keeps the model's own predictor, which must then be class-agnostic
-    (build it with ``class_agnostic_mask=True``): the baseline. ``class_agnostic_mlp``
-    adds the :class:`MLPMaskBranch` (the fused head).
-
-    The parts move, they are not copied: ``model``'s RoI heads get the new mask
-    predictor, so use the returned model from then on. State dict keys stay those of a
-    Mask R-CNN with that predictor, so weights load either way.
-    """
-    heads = getattr(model, "roi_heads", None)
-    for name in ("box_predictor", "mask_head", "mask_predictor"):
-        if getattr(heads, name, None) is None:
-            raise TypeError(f"model.roi_heads must have a {name} (build the model with fpnbook.rcnn.mask_rcnn_tiny)")
-    num_classes = heads.box_predictor.cls_score.out_features
-    check_mask_classes(mask_classes, num_classes)  # before anything changes
-    predictor = heads.mask_predictor
-    deconv = getattr(predictor, "conv5_mask", None)
-    if not isinstance(deconv, nn.ConvTranspose2d):
-        raise TypeError("model.roi_heads.mask_predictor must have a conv5_mask deconv (see fpnbook.roi_heads.MaskPredictor)")
-    in_channels, dim_reduced = deconv.in_channels, deconv.out_channels
-    if transfer is None:
-        if not heads.class_agnostic_mask:
-            raise ValueError("transfer=None is the class-agnostic baseline: build the model with class_agnostic_mask=True")
-    else:
-        size = heads.box_predictor.cls_score.in_features
-        weight_transfer = WeightTransfer(transfer_input_dim(size, transfer), dim_reduced, hidden, transfer, kind)
-        predictor = TransferMaskPredictor(heads.box_predictor, weight_transfer, in_channels, dim_reduced, stop_gradient)
-        heads.class_agnostic_mask = False
-    if class_agnostic_mlp:
-        predictor = FusedMaskPredictor(predictor, in_channels)
-    heads.mask_predictor = predictor
-    return MaskXRCNN(model.backbone, model.rpn, heads, mask_classes)

@@ -3,12 +3,10 @@ import torch
 from torch import nn
 
 from fpnbook.interop import to_torchvision
+from fpnbook.models import faster_rcnn_tiny, fpn_backbone_tiny, mask_rcnn_tiny
 from fpnbook.rcnn import (
     FasterRCNN,
     MaskRCNN,
-    faster_rcnn_tiny,
-    fpn_backbone_tiny,
-    mask_rcnn_tiny,
 )
 
 NUM_CLASSES = 3

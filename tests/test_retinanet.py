@@ -7,11 +7,11 @@ from fpnbook.anchors import AnchorGenerator
 from fpnbook.images import batch_images
 from fpnbook.interop import retinanet_head_key, to_torchvision
 from fpnbook.losses import sigmoid_focal_loss
+from fpnbook.models import retinanet_tiny
 from fpnbook.retinanet import (
     RetinaNet,
     RetinaNetHead,
     default_anchor_generator,
-    retinanet_tiny,
 )
 
 K = 3  # object classes

@@ -9,7 +9,8 @@ from torchvision.models.detection.image_list import ImageList
 from fpnbook.anchors import AnchorGenerator
 from fpnbook.backbone import resnet_tiny
 from fpnbook.images import batch_images
-from fpnbook.rpn import SMALL_ANCHOR_SIZES, RegionProposalNetwork, RPNHead, RPNModel, flatten_predictions, rpn_loss
+from fpnbook.rcnn import RPNModel
+from fpnbook.rpn import SMALL_ANCHOR_SIZES, RegionProposalNetwork, RPNHead, flatten_predictions, rpn_loss
 
 RATIOS = ((0.5, 1.0, 2.0),) * 5
 CHANNELS = 8

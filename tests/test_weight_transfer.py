@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fpnbook import rcnn
+from fpnbook import models, rcnn
 from fpnbook import weight_transfer as wt
 from fpnbook.roi_heads import BoxPredictor, mask_loss
 
@@ -167,9 +167,9 @@ def test_without_stop_gradient_only_classes_with_masks_get_a_gradient():
 
 def tiny_model(transfer="cls+box", **kwargs):
     torch.manual_seed(0)
-    model = rcnn.mask_rcnn_tiny(5, class_agnostic_mask=transfer is None, representation_size=32,
+    model = models.mask_rcnn_tiny(5, class_agnostic_mask=transfer is None, representation_size=32,
                                 mask_layers=(8,), mask_dim_reduced=8)
-    return wt.to_mask_x(model, SEEN, transfer=transfer, **kwargs)
+    return rcnn.to_mask_x(model, SEEN, transfer=transfer, **kwargs)
 
 
 def scene(b_masks="zeros", has_mask=True):
@@ -238,7 +238,7 @@ def test_has_mask_on_an_unseen_class_is_refused():
 
 def test_mask_classes_must_be_known_labels():
     with pytest.raises(ValueError, match="mask_classes"):
-        wt.to_mask_x(rcnn.mask_rcnn_tiny(5, representation_size=32), {1, 9})
+        rcnn.to_mask_x(models.mask_rcnn_tiny(5, representation_size=32), {1, 9})
     with pytest.raises(ValueError, match="empty"):
         wt.check_mask_classes(set(), 5)
     with pytest.raises(TypeError):
@@ -247,7 +247,7 @@ def test_mask_classes_must_be_known_labels():
 
 def test_class_agnostic_baseline_needs_a_class_agnostic_model():
     with pytest.raises(ValueError, match="class_agnostic_mask=True"):
-        wt.to_mask_x(rcnn.mask_rcnn_tiny(5, representation_size=32), SEEN, transfer=None)
+        rcnn.to_mask_x(models.mask_rcnn_tiny(5, representation_size=32), SEEN, transfer=None)
 
 
 def test_mask_x_model_predicts_masks_for_unseen_classes():
@@ -271,9 +271,9 @@ def test_deepcopy_keeps_the_transfer_reading_the_copied_box_predictor():
 
 def test_to_mask_x_returns_a_mask_x_rcnn_with_mask_rcnn_state_keys():
     torch.manual_seed(0)
-    mask_rcnn = rcnn.mask_rcnn_tiny(5, representation_size=32, mask_layers=(8,), mask_dim_reduced=8)
-    model = wt.to_mask_x(mask_rcnn, SEEN, transfer="cls+box")
-    assert isinstance(model, wt.MaskXRCNN) and isinstance(model, rcnn.MaskRCNN)
+    mask_rcnn = models.mask_rcnn_tiny(5, representation_size=32, mask_layers=(8,), mask_dim_reduced=8)
+    model = rcnn.to_mask_x(mask_rcnn, SEEN, transfer="cls+box")
+    assert isinstance(model, rcnn.MaskXRCNN) and isinstance(model, rcnn.MaskRCNN)
     assert model.mask_classes == frozenset(SEEN) and f"mask_classes={sorted(SEEN)}" in repr(model)
     assert model.roi_heads is mask_rcnn.roi_heads  # parts move, not copied
     assert set(model.state_dict()) == set(mask_rcnn.state_dict())
