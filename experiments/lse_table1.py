@@ -50,9 +50,7 @@ A->B class-agnostic and transfer mask branches).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
-import io
 import time
 from pathlib import Path
 
@@ -64,7 +62,7 @@ from experiments import common
 from fpnbook import data, models, rcnn
 from fpnbook import weight_transfer as wt
 from fpnbook.anchors import ASPECT_RATIOS, AnchorGenerator
-from fpnbook.evaluate import coco_evaluate, to_coco_results
+from fpnbook.evaluate import coco_evaluate, coco_from_dict, to_coco_results
 from fpnbook.images import batch_images
 from fpnbook.matching import BalancedSampler
 from fpnbook.roi_heads import fast_rcnn_loss, mask_loss, paste_masks_in_image, project_masks_on_boxes
@@ -311,11 +309,7 @@ def restricted_gt(val: data.CocoDataset, category_ids) -> COCO:
     dataset = copy.deepcopy(val.coco.dataset)
     dataset["annotations"] = [a for a in dataset["annotations"] if a["category_id"] in category_ids]
     dataset["categories"] = [c for c in dataset["categories"] if c["id"] in category_ids]
-    coco = COCO()
-    coco.dataset = dataset
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-        coco.createIndex()
-    return coco
+    return coco_from_dict(dataset, f"{val.ann_file}, restricted to categories {sorted(category_ids)}")
 
 
 def score(model: nn.Module, val_inputs: list[dict], val: data.CocoDataset, image_ids: list[int], seen, unseen) -> dict:

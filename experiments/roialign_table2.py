@@ -32,8 +32,6 @@ Writes ``experiments/results/roialign_table2.json``; chapter 3 reads it.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import math
 import time
 
@@ -49,7 +47,7 @@ from experiments import common
 from fpnbook import data
 from fpnbook.boxes import xyxy_to_xywh
 from fpnbook.backbone import resnet_tiny
-from fpnbook.evaluate import coco_evaluate, to_coco_results
+from fpnbook.evaluate import coco_evaluate, coco_from_dict, to_coco_results
 from fpnbook.images import batch_images
 from fpnbook.ops import roi_align, roi_pool
 from fpnbook.roi_heads import MaskHead, MaskPredictor, mask_loss, paste_masks_in_image, project_masks_on_boxes
@@ -140,11 +138,8 @@ def coco_ground_truth(items: list[tuple[Tensor, dict]], dataset: data.CocoDatase
                                 "category_id": dataset.label_to_cat_id[label], "iscrowd": 0,
                                 "area": float(mask_utils.area(rle)),
                                 "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")}})
-    coco = COCO()
-    coco.dataset = {"images": images, "annotations": annotations, "categories": list(dataset.coco.cats.values())}
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    return coco
+    return coco_from_dict({"images": images, "annotations": annotations,
+                           "categories": list(dataset.coco.cats.values())}, "the resized validation split")
 
 
 def train_one(model: GTBoxMaskModel, items: list, args: argparse.Namespace) -> list[float]:

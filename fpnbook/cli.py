@@ -121,7 +121,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         out = labelme_to_coco(args.from_labelme, args.out, overwrite=args.overwrite)
         print(f"wrote {out}; train with --train-ann {out} --train-images {args.from_labelme}")
         return 0
-    from .data import generate_dataset
+    from .shapes import generate_dataset
 
     start = time.perf_counter()
     written = generate_dataset(args.out, args.train, args.val, args.size, args.seed, overwrite=args.overwrite)
@@ -151,7 +151,7 @@ def setup_distributed() -> tuple[int, str]:
 def cmd_train(args: argparse.Namespace) -> int:
     from torchvision.transforms import v2
 
-    from .data import ensure_split
+    from .shapes import ensure_split
     from .files import atomic_write_text
     from .models import ModelConfig, build
     from .train import RUN_FILES, TrainConfig, evaluate_model, train
@@ -208,7 +208,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from .data import SHAPE_CLASSES
+    from .shapes import SHAPE_CLASSES
     from .pretrain import SemanticFromInstances, SemanticPretrainer, ShapesSemantic, export_backbone
     from .train import TrainConfig, train
 
@@ -311,7 +311,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    from .data import SPLIT_A
+    from .shapes import SPLIT_A
 
     mask_classes = SPLIT_A if args.model == "mask_x_rcnn" else None
     model = build(ModelConfig(kind=args.model, mask_classes=mask_classes)).to(device)

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from torchvision.ops import masks_to_boxes
 
 from .backbone import norm_layer
-from .data import SHAPE_CLASSES, render_image
+from .shapes import SHAPE_CLASSES, render_image
 from .files import atomic_save, load_torch_file
 from .fpn import FPN, BackboneWithFPN, LastLevelMaxPool
 from .images import batch_images

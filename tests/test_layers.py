@@ -22,7 +22,7 @@ LAYERS = [
     ("layers and heads", {"poolers", "backbone", "fpn", "rpn", "roi_heads", "weight_transfer"}),
     ("meta-architectures", {"rcnn", "retinanet"}),
     ("builders and the torchvision bridge", {"models", "interop"}),
-    ("evaluation and pictures", {"evaluate", "viz", "labelme"}),
+    ("evaluation, pictures, generated data", {"evaluate", "viz", "labelme", "shapes"}),
     ("data", {"data"}),
     ("training", {"train"}),
     ("pretraining", {"pretrain"}),
