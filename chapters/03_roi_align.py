@@ -38,6 +38,7 @@
 
 # %%
 # %matplotlib inline
+import inspect
 import json
 import math
 from pathlib import Path
@@ -162,30 +163,9 @@ print(f"largest pixel it reads: row {last_pixel // 32}, column {last_pixel % 32}
 # differentiable in the four values, so gradients flow back to the feature map.
 
 # %%
-def bilinear(values: torch.Tensor, y: float, x: float) -> torch.Tensor:
-    """values [C, H, W] read at the real point (y, x) as torchvision's RoIAlign does: [C].
+from fpnbook.reference import bilinear  # the book's readable reference ops live in fpnbook.reference
 
-    A point more than one pixel off the map reads 0; a point closer reads the border.
-    """
-    height, width = values.shape[-2:]
-    if y < -1.0 or y > height or x < -1.0 or x > width:
-        return values.new_zeros(values.shape[0])
-    y, x = max(y, 0.0), max(x, 0.0)
-    y0, x0 = int(y), int(x)
-    if y0 >= height - 1:
-        y0 = y1 = height - 1
-        y = float(y0)
-    else:
-        y1 = y0 + 1
-    if x0 >= width - 1:
-        x0 = x1 = width - 1
-        x = float(x0)
-    else:
-        x1 = x0 + 1
-    ly, lx = y - y0, x - x0
-    return ((1 - ly) * (1 - lx) * values[:, y0, x0] + (1 - ly) * lx * values[:, y0, x1]
-            + ly * (1 - lx) * values[:, y1, x0] + ly * lx * values[:, y1, x1])
-
+print(inspect.getsource(bilinear))
 
 plane = torch.tensor([[[3.0 * i + 2.0 * j for j in range(4)] for i in range(4)]])  # f = 3 y + 2 x
 print("f(1.25, 2.6) =", round(float(bilinear(plane, 1.25, 2.6)[0]), 4), "| 3 y + 2 x =", round(3 * 1.25 + 2 * 2.6, 4))
@@ -262,65 +242,18 @@ print(f"mean vs max over the same samples: largest difference {float((max4 - mea
 # ## 4. Both ops as loops, checked against `fpnbook.ops` and `torchvision.ops`
 #
 # Here is each op written the slow way, one RoI, one bin, one sample at a time, with
-# torchvision's conventions. `fpnbook.ops` computes the same numbers vectorised: for
-# RoIAlign every bin is a weighted bag of pixels, reduced by `F.embedding_bag`; for
-# RoIPool every bin's max is read from tables of window maxima over the whole map (a max
-# over a rectangle is the max of a few windows that cover it, overlaps do no harm).
-# torchvision runs a compiled kernel. All three must agree.
+# torchvision's conventions (`fpnbook.reference`, printed below; `c_round` is C's round,
+# halves away from zero). `fpnbook.ops` computes the same numbers vectorised: for RoIAlign
+# every bin is a weighted bag of pixels, reduced by `F.embedding_bag`; for RoIPool every
+# bin's max is read from tables of window maxima over the whole map (a max over a
+# rectangle is the max of a few windows that cover it, overlaps do no harm). torchvision
+# runs a compiled kernel. All three must agree.
 
 # %%
-def c_round(v: float) -> int:
-    """C's round(): halves away from zero (Python's round() sends them to even)."""
-    return int(math.copysign(math.floor(abs(v) + 0.5), v))
+from fpnbook.reference import roi_align_loops, roi_pool_loops
 
-
-def roi_pool_loops(input: torch.Tensor, rois: torch.Tensor, output_size: int, spatial_scale: float) -> torch.Tensor:
-    """RoIPool: input [N, C, H, W], rois [K, 5] (batch, x1, y1, x2, y2) image px -> [K, C, size, size]."""
-    _, channels, height, width = input.shape
-    output = input.new_zeros(len(rois), channels, output_size, output_size)
-    for k, (b, x1, y1, x2, y2) in enumerate(rois.tolist()):
-        # Rounding 1: the box corners to whole feature pixels, both end pixels kept.
-        x1, y1, x2, y2 = (c_round(v * spatial_scale) for v in (x1, y1, x2, y2))
-        box_w, box_h = max(x2 - x1 + 1, 1), max(y2 - y1 + 1, 1)
-        bin_w, bin_h = box_w / output_size, box_h / output_size
-        for i in range(output_size):
-            for j in range(output_size):
-                # Rounding 2: every bin to whole pixels (floor the start, ceil the end), clipped to the map.
-                top = min(max(math.floor(i * bin_h) + y1, 0), height)
-                bottom = min(max(math.ceil((i + 1) * bin_h) + y1, 0), height)
-                left = min(max(math.floor(j * bin_w) + x1, 0), width)
-                right = min(max(math.ceil((j + 1) * bin_w) + x1, 0), width)
-                if bottom > top and right > left:  # an empty bin stays 0
-                    output[k, :, i, j] = input[int(b), :, top:bottom, left:right].amax(dim=(1, 2))
-    return output
-
-
-def roi_align_loops(input: torch.Tensor, rois: torch.Tensor, output_size: int, spatial_scale: float,
-                    sampling_ratio: int, aligned: bool) -> torch.Tensor:
-    """RoIAlign: the mean of g x g bilinear samples per bin. Same shapes as roi_pool_loops."""
-    _, channels, _, _ = input.shape
-    output = input.new_zeros(len(rois), channels, output_size, output_size)
-    offset = 0.5 if aligned else 0.0
-    for k, (b, x1, y1, x2, y2) in enumerate(rois.tolist()):
-        # No rounding: the box in feature coordinates, as it is.
-        x1, y1, x2, y2 = (v * spatial_scale - offset for v in (x1, y1, x2, y2))
-        box_w, box_h = x2 - x1, y2 - y1
-        if not aligned:  # the original op stretches tiny boxes to one feature pixel
-            box_w, box_h = max(box_w, 1.0), max(box_h, 1.0)
-        bin_w, bin_h = box_w / output_size, box_h / output_size
-        grid_h = sampling_ratio if sampling_ratio > 0 else math.ceil(bin_h)
-        grid_w = sampling_ratio if sampling_ratio > 0 else math.ceil(bin_w)
-        for i in range(output_size):
-            for j in range(output_size):
-                total = input.new_zeros(channels)
-                for iy in range(grid_h):
-                    y = y1 + i * bin_h + (iy + 0.5) * bin_h / grid_h
-                    for ix in range(grid_w):
-                        x = x1 + j * bin_w + (ix + 0.5) * bin_w / grid_w
-                        total += bilinear(input[int(b)], y, x)
-                output[k, :, i, j] = total / max(grid_h * grid_w, 1)
-    return output
-
+print(inspect.getsource(roi_pool_loops))
+print(inspect.getsource(roi_align_loops))
 
 generator = torch.Generator().manual_seed(0)
 features = torch.randn(2, 3, 20, 24, generator=generator, dtype=torch.float64)

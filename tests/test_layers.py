@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "fpnbook"
 # meta-architectures, builders, then data, training and the front ends.
 LAYERS = [
     ("tensors, boxes, files", {"boxes", "files", "timing"}),
-    ("ops", {"ops", "anchors", "matching", "losses", "images"}),
+    ("ops", {"ops", "anchors", "matching", "losses", "images", "reference"}),
     ("layers and heads", {"poolers", "backbone", "fpn", "rpn", "roi_heads", "weight_transfer"}),
     ("meta-architectures", {"rcnn", "retinanet"}),
     ("builders and the torchvision bridge", {"models", "interop"}),

@@ -6,7 +6,7 @@ import torchvision
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fpnbook import ops
+from fpnbook import ops, reference
 from fpnbook.ops import RoIAlign, RoIPool, roi_align, roi_pool
 
 # fp32 sums of a few dozen products of O(1) numbers: the two implementations add
@@ -379,3 +379,24 @@ def test_modules_reject_bad_arguments():
         RoIAlign(0, 1.0, 2)
     with pytest.raises(ValueError, match="spatial_scale"):
         RoIPool(7, 0)
+
+
+@settings(max_examples=150, deadline=None)
+@given(case=roi_cases(), output_size=st.integers(1, 4), sampling_ratio=st.sampled_from([-1, 0, 1, 2]),
+       aligned=st.booleans())
+def test_ops_equal_the_readable_references(case, output_size, sampling_ratio, aligned):
+    """The oracle that needs no torchvision: fpnbook.reference's loops, one bin and one sample at a time."""
+    features, _, rois, _, scale = case
+    features, rois = features.double(), rois.double()
+    expected_align = reference.roi_align_loops(features, rois, output_size, scale, sampling_ratio, aligned)
+    torch.testing.assert_close(roi_align(features, rois, output_size, scale, sampling_ratio, aligned), expected_align,
+                               rtol=0, atol=1e-10)
+    torch.testing.assert_close(roi_pool(features, rois, output_size, scale),
+                               reference.roi_pool_loops(features, rois, output_size, scale), rtol=0, atol=0)
+
+
+def test_reference_bilinear_is_exact_on_planes():
+    plane = torch.tensor([[[3.0 * i + 2.0 * j for j in range(4)] for i in range(4)]], dtype=torch.float64)
+    for y, x in ((1.25, 2.6), (0.0, 0.0), (2.999, 0.5)):
+        assert float(reference.bilinear(plane, y, x)[0]) == pytest.approx(3 * y + 2 * x)
+    assert float(reference.bilinear(plane, -1.5, 0.0)[0]) == 0  # more than a pixel off the map
