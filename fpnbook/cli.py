@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import signal
 import sys
@@ -133,28 +132,13 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def setup_distributed() -> tuple[int, str]:
-    """Under torchrun: join the process group. Returns (rank, device)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0, "auto"
-    import torch.distributed as dist
-
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl")
-        return dist.get_rank(), f"cuda:{local_rank}"
-    dist.init_process_group("gloo")
-    return dist.get_rank(), "cpu"
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from torchvision.transforms import v2
 
     from .shapes import ensure_split
     from .files import atomic_write_text
     from .models import ModelConfig, build
-    from .train import RUN_FILES, TrainConfig, evaluate_model, train
+    from .train import RUN_FILES, TrainConfig, evaluate_model, setup_distributed, train
 
     rank, device = setup_distributed()
     if args.device != "auto":

@@ -174,6 +174,14 @@ def _sample_bands(
     return pixels, band
 
 
+def _prepare(input: Tensor, boxes, output_size, spatial_scale: float) -> tuple[Tensor, int, int]:
+    """The preamble both ops share: check the arguments, then ``(rois [K, 5], out_h, out_w)``."""
+    _check_input(input)
+    _check_scale(spatial_scale)
+    out_h, out_w = output_size_pair(output_size)
+    return _rois(input, boxes), out_h, out_w
+
+
 def roi_align(
     input: Tensor,
     boxes: BoxesArg,
@@ -200,10 +208,7 @@ def roi_align(
         Tensor[K, C, h, w] in ``input``'s dtype. Samples more than one pixel outside
         the map read 0; closer ones read the border pixel.
     """
-    _check_input(input)
-    _check_scale(spatial_scale)
-    out_h, out_w = output_size_pair(output_size)
-    rois = _rois(input, boxes)
+    rois, out_h, out_w = _prepare(input, boxes, output_size, spatial_scale)
     num_images, channels, height, width = input.shape
     num_rois = len(rois)
     if num_rois == 0 or input.numel() == 0:
@@ -516,10 +521,7 @@ def roi_pool(
         Tensor[K, C, h, w]. The gradient of each output goes to the pixel that held
         the bin's max; on a tie, to the first such pixel row by row, as in torchvision.
     """
-    _check_input(input)
-    _check_scale(spatial_scale)
-    out_h, out_w = output_size_pair(output_size)
-    rois = _rois(input, boxes)
+    rois, out_h, out_w = _prepare(input, boxes, output_size, spatial_scale)
     num_rois, channels = len(rois), input.shape[1]
     if num_rois == 0 or input.numel() == 0:
         return input.new_zeros(num_rois, channels, out_h, out_w)

@@ -149,6 +149,23 @@ def _check_number(name: str, value, low: float, high: float | None = None,
         raise ValueError(f"TrainConfig.{name} must be a finite number {interval}, got {value!r}")
 
 
+def setup_distributed() -> tuple[int, str]:
+    """Under ``torchrun``: join the process group (NCCL on GPUs, gloo on CPUs). Returns (rank, device).
+
+    Outside torchrun (``WORLD_SIZE`` unset or 1) it does nothing and returns ``(0, "auto")``;
+    :func:`train` then sees no process group and trains on one device.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, "auto"
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl")
+        return dist.get_rank(), f"cuda:{local_rank}"
+    dist.init_process_group("gloo")
+    return dist.get_rank(), "cpu"
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``"auto"`` picks CUDA when present, else the CPU; ``"cpu"``, ``"cuda"``, ``"cuda:1"`` name one.
 
