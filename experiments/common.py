@@ -10,17 +10,18 @@ the committed results.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 
 import fpnbook
+from fpnbook.files import atomic_write_text
 from fpnbook.train import hardware
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -47,12 +48,17 @@ def result_path(name: str, args: argparse.Namespace) -> Path:
 
 def write_record(path: Path, record: dict) -> None:
     """Write the JSON atomically: a run stopped half way leaves the previous results intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False, encoding="utf-8") as f:
-        json.dump(record, f, indent=1, sort_keys=True)
-        f.write("\n")
-    os.chmod(f.name, 0o644)  # NamedTemporaryFile makes it private; results are for everyone
-    os.replace(f.name, path)
+    atomic_write_text(json.dumps(record, indent=1, sort_keys=True) + "\n", path)
+
+
+@contextlib.contextmanager
+def stopwatch() -> Iterator[dict[str, float]]:
+    """``with stopwatch() as t:`` ... then ``t["wall_s"]`` and ``t["cpu_s"]`` (this process), rounded to 0.1 s."""
+    times: dict[str, float] = {}
+    wall, cpu = time.perf_counter(), time.process_time()
+    yield times
+    times["wall_s"] = round(time.perf_counter() - wall, 1)
+    times["cpu_s"] = round(time.process_time() - cpu, 1)
 
 
 def main(name: str, run: Callable[[argparse.Namespace], dict], build_parser: Callable[[], argparse.ArgumentParser],

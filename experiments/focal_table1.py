@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
 import torch.nn.functional as F
@@ -130,18 +129,17 @@ def run(args: argparse.Namespace) -> dict:
     for variant in args.variants:
         torch.manual_seed(args.seed)  # the same initial weights for every variant
         model = build_model(variant, train_set.num_classes)
-        start, cpu_start = time.perf_counter(), time.process_time()
-        records = train(model, train_set, TrainConfig(**config, **DETECTRON_RECIPE))
-        train_s, train_cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
+        with common.stopwatch() as took:
+            records = train(model, train_set, TrainConfig(**config, **DETECTRON_RECIPE))
         stats = evaluate_model(model, val, device="cpu")["bbox"]
         gamma, alpha = model.focal_params()
         metrics[variant] = {**{m: round(100 * stats[m], 2) for m in METRICS}, "gamma": gamma, "alpha": alpha,
-                            "train_s": round(train_s, 1), "train_cpu_s": round(train_cpu_s, 1),
+                            "train_s": took["wall_s"], "train_cpu_s": took["cpu_s"],
                             "steps": [r["step"] for r in records if "loss" in r],
                             "classification_loss": [round(r["classification"], 4) for r in records if "loss" in r],
                             "box_loss": [round(r["bbox_regression"], 4) for r in records if "loss" in r]}
         print(f"{variant:>8}: " + "  ".join(f"{m} {metrics[variant][m]:5.1f}" for m in METRICS)
-              + f"  ({train_s:.0f} s)", flush=True)
+              + f"  ({took['wall_s']:.0f} s)", flush=True)
         if variant == "fl":
             scores = {"experiment": NAME, "variant": "fl", **logit_histograms(model, val)}
             path = common.result_path(NAME, args).parent / SCORES_NAME

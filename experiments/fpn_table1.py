@@ -16,7 +16,6 @@ Writes ``experiments/results/fpn_table1.json``; chapter 1 plots it.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
@@ -97,15 +96,14 @@ def run(args: argparse.Namespace) -> dict:
     for features in args.variants:
         torch.manual_seed(args.seed)  # the same initial backbone for every variant
         model = build_model(features, args.backbone)
-        start, cpu_start = time.perf_counter(), time.process_time()
-        records = train(model, train_set, TrainConfig(**config, **DETECTRON_RECIPE))
-        train_s, train_cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
-        metrics[features] = {**average_recall(model, val, num_val), "train_s": round(train_s, 1),
-                             "train_cpu_s": round(train_cpu_s, 1),
+        with common.stopwatch() as took:
+            records = train(model, train_set, TrainConfig(**config, **DETECTRON_RECIPE))
+        metrics[features] = {**average_recall(model, val, num_val), "train_s": took["wall_s"],
+                             "train_cpu_s": took["cpu_s"],
                              "loss": [round(r["loss"], 4) for r in records if "loss" in r],
                              "anchors_per_location": model.rpn.anchor_generator.num_anchors_per_location()}
         print(f"{features:>4}: " + "  ".join(f"{k} {metrics[features][k]:5.1f}" for k in METRICS)
-              + f"  ({train_s:.0f} s)", flush=True)
+              + f"  ({took['wall_s']:.0f} s)", flush=True)
     return metrics
 
 

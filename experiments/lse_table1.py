@@ -64,10 +64,9 @@ from fpnbook import weight_transfer as wt
 from fpnbook.anchors import ASPECT_RATIOS, AnchorGenerator
 from fpnbook.evaluate import coco_evaluate, coco_from_dict, to_coco_results
 from fpnbook.images import batch_images
-from fpnbook.matching import BalancedSampler
 from fpnbook.roi_heads import fast_rcnn_loss, mask_loss, paste_masks_in_image, project_masks_on_boxes
 from fpnbook.rpn import SMALL_ANCHOR_SIZES, RegionProposalNetwork, RPNHead
-from fpnbook.train import DETECTRON_RECIPE, TrainConfig, batch_indices, learning_rate_factor, train
+from fpnbook.train import DETECTRON_RECIPE, TrainConfig, batch_indices, make_optimizer, make_scheduler, train
 
 NAME = "lse_table1"
 NUM_CLASSES = len(data.SHAPE_CLASSES) + 1  # labels equal category ids 1..8; 0 is the background
@@ -130,9 +129,7 @@ def detector(seed: int) -> rcnn.FasterRCNN:
     rpn = RegionProposalNetwork(generator, RPNHead(64, generator.num_anchors_per_location()[0]),
                                 pre_nms_top_n=dict(training=1000, testing=1000),
                                 post_nms_top_n=dict(training=500, testing=1000))
-    model = models.faster_rcnn_tiny(NUM_CLASSES, rpn=rpn)
-    model.roi_heads.sampler = BalancedSampler(ROIS_PER_IMAGE, 0.25)
-    return model
+    return models.faster_rcnn_tiny(NUM_CLASSES, rpn=rpn, box_batch_size_per_image=ROIS_PER_IMAGE)
 
 
 def variant_model(name: str, mask_classes, stage1: dict, seed: int) -> nn.Module:
@@ -140,16 +137,17 @@ def variant_model(name: str, mask_classes, stage1: dict, seed: int) -> nn.Module
     torch.manual_seed(seed)  # every variant's mask head starts from the same weights
     if name in (ORACLE, ORACLE_AGNOSTIC):
         model = models.mask_rcnn_tiny(NUM_CLASSES, mask_layers=MASK_LAYERS, mask_dim_reduced=MASK_DIM,
-                                    class_agnostic_mask=name == ORACLE_AGNOSTIC)
+                                      class_agnostic_mask=name == ORACLE_AGNOSTIC)
     else:
         transfer, kind, mlp, _, stop = VARIANTS[name]
         model = models.mask_rcnn_tiny(NUM_CLASSES, mask_layers=MASK_LAYERS, mask_dim_reduced=MASK_DIM,
-                                    class_agnostic_mask=transfer is None)
+                                      class_agnostic_mask=transfer is None)
         model = rcnn.to_mask_x(model, mask_classes, transfer=transfer, kind=kind or "mlp", stop_gradient=stop,
-                             class_agnostic_mlp=mlp)
+                               class_agnostic_mlp=mlp)
     if model.roi_heads.class_agnostic_mask:
-        # The authors' code (Detectron's too) starts a class-agnostic mask's logits at std
-        # 0.001; MSRA init on a single output channel starts them large.
+        # MaskPredictor already starts its logits at std 0.001 (as the authors' code does); this
+        # second draw changes nothing in kind, but the committed record was made with it, and
+        # removing it would shift every later random number of the run.
         nn.init.normal_(model.roi_heads.mask_predictor.mask_fcn_logits.weight, std=0.001)
     missing, unexpected = model.load_state_dict(stage1, strict=False)
     assert not unexpected and all(".mask_" in k for k in missing), (missing, unexpected)
@@ -220,11 +218,12 @@ def train_heads(model: nn.Module, pooled: list[dict], targets: list[dict], joint
     """
     heads = model.roi_heads
     trained = [heads.mask_head, heads.mask_predictor] + ([heads.box_head, heads.box_predictor] if joint else [])
-    params = list({id(p): p for m in trained for p in m.parameters()}.values())
+    trained = nn.ModuleList(trained)  # its parameters(), shared ones once
+    params = list(trained.parameters())
     config = TrainConfig(iterations=args.iterations, lr=args.lr, warmup_iters=min(50, args.iterations // 4),
                          **DETECTRON_RECIPE)
-    optimizer = torch.optim.SGD(params, lr=args.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate_factor(s, config))
+    optimizer = make_optimizer(trained, config)
+    scheduler = make_scheduler(optimizer, config)
     agnostic = heads.class_agnostic_mask
     model.train()
     for step in range(args.iterations):

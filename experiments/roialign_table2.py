@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
 
 import numpy as np
 
@@ -208,15 +207,14 @@ def run(args: argparse.Namespace) -> dict:
             key = f"{pool}_s{stride}"
             torch.manual_seed(args.seed)  # the same initial weights for both pools at a stride
             model = GTBoxMaskModel(stride, pool)
-            start = time.perf_counter()
-            losses = train_one(model, items, args)
-            train_s = time.perf_counter() - start
+            with common.stopwatch() as took:
+                losses = train_one(model, items, args)
             stats = evaluate_masks(model, val, gt, val_set.label_to_cat_id)
-            metrics[key] = {**{m: round(100 * stats[m], 2) for m in METRICS}, "train_s": round(train_s, 1),
+            metrics[key] = {**{m: round(100 * stats[m], 2) for m in METRICS}, "train_s": took["wall_s"],
                             "final_loss": round(sum(losses[-20:]) / len(losses[-20:]), 4),
                             "loss": [round(v, 4) for v in losses[:: max(1, len(losses) // 50)]]}
             print(f"{key:>9}: " + "  ".join(f"{m} {metrics[key][m]:5.1f}" for m in METRICS)
-                  + f"  loss {metrics[key]['final_loss']:.3f}  ({train_s:.0f} s)", flush=True)
+                  + f"  loss {metrics[key]['final_loss']:.3f}  ({took['wall_s']:.0f} s)", flush=True)
             # Keep what has finished, so a run stopped half way still leaves its first rows.
             partial = {"experiment": NAME, "partial": True, "smoke": args.smoke, "seed": args.seed, "metrics": metrics}
             common.write_record(common.result_path(NAME, args).with_suffix(".partial.json"), partial)

@@ -37,7 +37,8 @@ from fpnbook import data
 from fpnbook.models import COCO_SIZING, ModelConfig, build
 from fpnbook.interop import to_torchvision
 from fpnbook.timing import best_times, infer_fn, train_step_fn
-from fpnbook.train import DETECTRON_RECIPE, TrainConfig, evaluate_model, load_checkpoint, read_metrics, train
+from fpnbook.train import (DETECTRON_RECIPE, TrainConfig, evaluate_model, load_checkpoint, read_metrics,
+                           resolve_device, train)
 
 NAME = "torchvision_compare"
 SCHEDULE = ("iterations", "batch_size", "lr", "warmup_iters", "seed")
@@ -87,7 +88,7 @@ def run(args: argparse.Namespace) -> dict:
     config = TrainConfig(iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                          warmup_iters=min(args.warmup, args.iterations), device="auto", log_every=5, progress=False,
                          **DETECTRON_RECIPE)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device("auto")
     torch.manual_seed(args.seed)  # as `fpnbook train` does, so the initial weights equal its run's
     ours = build(ModelConfig(kind="mask_rcnn", num_classes=train_set.num_classes, **COCO_SIZING))
     theirs = to_torchvision(ours, args.image_size)

@@ -231,6 +231,11 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     return torch.optim.AdamW(groups, lr=config.lr, fused=True)
 
 
+def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    """The per-step learning-rate schedule of ``config`` (:func:`learning_rate_factor`); call ``step()`` after each step."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(step, config))
+
+
 class ModelEMA:
     """An exponential moving average of a model's weights (Polyak averaging).
 
@@ -428,7 +433,7 @@ def train(model: nn.Module, dataset, config: TrainConfig, val_dataset=None, resu
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(model, config)
     ema = ModelEMA(model, config.ema_decay) if config.ema_decay is not None else None
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(step, config))
+    scheduler = make_scheduler(optimizer, config)
     scaler = torch.amp.GradScaler("cuda", enabled=config.amp and device.type == "cuda")
     start, resumed_seconds = 0, 0.0
     if resume is not None:
@@ -507,7 +512,7 @@ def train(model: nn.Module, dataset, config: TrainConfig, val_dataset=None, resu
                 rate = seen / elapsed
                 entry = {"step": done, "lr": optimizer.param_groups[0]["lr"], "loss": loss.item(),
                          **{k: v.item() for k, v in losses.items()}, "images_per_s": rate,
-                         "train_seconds": round(train_seconds, 2)}
+                         "train_seconds": round(train_seconds, 4)}
                 record(entry)
                 bar.set_postfix(loss=f"{entry['loss']:.3f}", lr=f"{entry['lr']:.2g}", img_s=f"{rate:.1f}")
                 tic, seen = time.perf_counter(), 0
