@@ -512,7 +512,7 @@ def train(model: nn.Module, dataset, config: TrainConfig, val_dataset=None, resu
                 rate = seen / elapsed
                 entry = {"step": done, "lr": optimizer.param_groups[0]["lr"], "loss": loss.item(),
                          **{k: v.item() for k, v in losses.items()}, "images_per_s": rate,
-                         "train_seconds": round(train_seconds, 4)}
+                         "train_seconds": train_seconds}
                 record(entry)
                 bar.set_postfix(loss=f"{entry['loss']:.3f}", lr=f"{entry['lr']:.2g}", img_s=f"{rate:.1f}")
                 tic, seen = time.perf_counter(), 0

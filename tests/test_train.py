@@ -117,8 +117,7 @@ def test_resumed_run_continues_the_training_clock(tmp_path):
     logged = T.read_metrics(tmp_path / "metrics.jsonl")
     assert saved >= logged[4]["train_seconds"] > 0  # the step-5 checkpoint counts the steps before it
     records = T.train(ToyDetector(), ToyDataset(), config(tmp_path, log_every=1), resume=tmp_path / "last.pt")
-    # The log rounds to 0.1 ms; the checkpoint does not.
-    assert records[0]["step"] == 6 and records[0]["train_seconds"] >= saved - 1e-4
+    assert records[0]["step"] == 6 and records[0]["train_seconds"] >= saved
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
