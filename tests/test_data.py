@@ -14,22 +14,10 @@ from torchvision.transforms import v2
 from fpnbook import data
 
 
-@pytest.fixture(scope="module")
-def small_split(tmp_path_factory):
-    """Twelve 64 px images written once for the whole module: (image_dir, ann_file)."""
-    out = tmp_path_factory.mktemp("shapes")
-    ann_file = data.generate_split(out, "val", 12, 64, seed=3, progress=False)
-    return out / "val", ann_file
-
-
 def mask_box(mask: torch.Tensor) -> list[int]:
     """XYXY box of a mask's pixels, x2/y2 one past the last column/row (COCO's convention)."""
     ys, xs = torch.nonzero(mask, as_tuple=True)
     return [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
-
-
-def tree_bytes(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 # ---------------------------------------------------------------- generator
