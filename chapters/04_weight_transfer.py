@@ -105,7 +105,7 @@ for label, has_mask, mask in zip(target["labels"].tolist(), target["has_mask"].t
 
 # %%
 torch.manual_seed(0)
-predictor = MaskPredictor(in_channels=8, dim_reduced=8, num_classes=9)
+predictor = MaskPredictor(in_channels=8, dim_reduced=8, num_logits=9)
 features = torch.randn(6, 8, 14, 14)
 labels = torch.tensor([1, 3, 6, 8, 1, 3])  # RoIs of A objects only: the only ones with a mask loss
 mask_loss(predictor(features), labels, torch.rand(6, 28, 28).round()).backward()
@@ -138,7 +138,7 @@ print("gradient reaching each class's row:", {c: "yes" if row_grad[c] > 0 else "
 # weights are not counted twice.
 
 # %%
-box_predictor = BoxPredictor(256, num_classes=9)  # the tiny Faster R-CNN's: representation size 256
+box_predictor = BoxPredictor(256, num_logits=9)  # 8 shapes + background; representation size 256
 for inputs in wt.INPUTS:
     omega = wt.detection_weights(box_predictor, inputs)
     transfer = wt.WeightTransfer(omega.shape[1], mask_dim=32, inputs=inputs, kind="mlp")
@@ -166,7 +166,7 @@ except ValueError as error:
 images, targets = data.collate([val[i] for i in (3, 4)])
 for stop in (False, True):
     torch.manual_seed(0)
-    model = rcnn.to_mask_x(models.mask_rcnn_tiny(9), A, transfer="cls+box", stop_gradient=stop)
+    model = rcnn.to_mask_x(models.mask_rcnn_tiny(8), A, transfer="cls+box", stop_gradient=stop)
     model.backbone.requires_grad_(False)  # only the heads' gradients matter here; skip the backbone's
     model.train()
     model(images, targets)["loss_mask"].backward()
@@ -341,7 +341,7 @@ assert run.returncode == 0 and smoke["smoke"] and set(smoke["metrics"]["directio
 def load_mask_x(kind: str) -> torch.nn.Module:
     """The experiment's A->B model with the ``kind`` ("agnostic" or "transfer") mask branch (no RPN or box head)."""
     agnostic = kind == "agnostic"
-    model = models.mask_rcnn_tiny(9, mask_layers=tuple(setup["mask_layers"]), mask_dim_reduced=setup["mask_layers"][-1],
+    model = models.mask_rcnn_tiny(8, mask_layers=tuple(setup["mask_layers"]), mask_dim_reduced=setup["mask_layers"][-1],
                                 class_agnostic_mask=agnostic)
     model = rcnn.to_mask_x(model, A, transfer=None if agnostic else "cls+box")
     state = {}

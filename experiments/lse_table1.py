@@ -69,7 +69,7 @@ from fpnbook.rpn import SMALL_ANCHOR_SIZES, RegionProposalNetwork, RPNHead
 from fpnbook.train import DETECTRON_RECIPE, TrainConfig, batch_indices, make_optimizer, make_scheduler, train
 
 NAME = "lse_table1"
-NUM_CLASSES = len(data.SHAPE_CLASSES) + 1  # labels equal category ids 1..8; 0 is the background
+NUM_CLASSES = len(data.SHAPE_CLASSES)  # K = 8: labels equal category ids 1..8 (the models add the background)
 DIRECTIONS = {"A->B": (data.SPLIT_A, data.SPLIT_B), "B->A": (data.SPLIT_B, data.SPLIT_A)}
 ROIS_PER_IMAGE = 128  # the paper's 512 is for ~800 px images with many more objects
 # Stage 2 runs a dozen and a half mask branches on a CPU: a mask head of 4 x 32 channels
@@ -332,7 +332,7 @@ def weight_drift(before: dict, model: nn.Module, seen, unseen) -> dict:
     """Relative change of omega_det (cls+box rows) since stage 1, averaged over seen (A) and unseen (B) classes."""
     now = wt.detection_weights(model.roi_heads.box_predictor, "cls+box").detach()
     start = torch.cat([before["roi_heads.box_predictor.cls_score.weight"],
-                       before["roi_heads.box_predictor.bbox_pred.weight"].reshape(NUM_CLASSES, -1)], dim=1)
+                       before["roi_heads.box_predictor.bbox_pred.weight"].reshape(NUM_CLASSES + 1, -1)], dim=1)
     change = (now - start).norm(dim=1) / start.norm(dim=1)
     return {"omega_drift_A": round(change[list(seen)].mean().item(), 4),
             "omega_drift_B": round(change[list(unseen)].mean().item(), 4)}

@@ -129,15 +129,14 @@ def build(config: ModelConfig) -> nn.Module:
     backbone = build_backbone(config)
     if config.kind == "retinanet":
         return RetinaNet(backbone, config.num_classes, head_norm="gn" if config.norm == "gn" else None)
-    with_background = config.num_classes + 1
     sizing = dict(rpn_pre_nms_top_n=dict(training=config.rpn_pre_nms_top_n_train, testing=1000),
                   rpn_post_nms_top_n=dict(training=config.rpn_post_nms_top_n_train, testing=1000),
                   box_batch_size_per_image=config.box_batch_size_per_image)
     if config.kind == "faster_rcnn":
-        return FasterRCNN(backbone, with_background, **sizing)
+        return FasterRCNN(backbone, config.num_classes, **sizing)
     if config.kind == "mask_rcnn":
-        return MaskRCNN(backbone, with_background, **sizing)
-    model = MaskRCNN(backbone, with_background, **sizing)
+        return MaskRCNN(backbone, config.num_classes, **sizing)
+    model = MaskRCNN(backbone, config.num_classes, **sizing)
     return to_mask_x(model, config.mask_classes, transfer=config.transfer_inputs, kind=config.transfer_kind,
                      class_agnostic_mlp=config.transfer_mlp_branch)
 
@@ -156,7 +155,7 @@ def fpn_backbone_tiny(fpn_channels: int = 64) -> BackboneWithFPN:
 def faster_rcnn_tiny(num_classes: int, **kwargs) -> FasterRCNN:
     """Faster R-CNN on the tiny ResNet + FPN (64 channels), sized for 256 px images on a CPU.
 
-    ``num_classes`` counts the background (torchvision's meaning); ``kwargs`` go to :class:`FasterRCNN`.
+    ``num_classes`` is K, the object classes; ``kwargs`` go to :class:`FasterRCNN`.
     """
     return FasterRCNN(fpn_backbone_tiny(), num_classes, **kwargs)
 
@@ -164,7 +163,7 @@ def faster_rcnn_tiny(num_classes: int, **kwargs) -> FasterRCNN:
 def mask_rcnn_tiny(num_classes: int, **kwargs) -> MaskRCNN:
     """Mask R-CNN on the tiny ResNet + FPN (64 channels), mask head 4 x 64 channels, sized for 256 px images.
 
-    ``num_classes`` counts the background (torchvision's meaning); ``kwargs`` go to :class:`MaskRCNN`.
+    ``num_classes`` is K, the object classes; ``kwargs`` go to :class:`MaskRCNN`.
     """
     return MaskRCNN(fpn_backbone_tiny(), num_classes, **kwargs)
 

@@ -56,8 +56,9 @@ class FasterRCNN(nn.Module):
     """Faster R-CNN with an FPN (Lin et al. 2017, Sec. 4.2).
 
     ``backbone``: a :class:`fpnbook.fpn.BackboneWithFPN` (or any module with ``names`` and
-    ``out_channels`` returning an ordered dict of maps). ``num_classes`` counts the
-    background. ``rpn`` / ``roi_heads``: ready-made modules, or None to build the defaults
+    ``out_channels`` returning an ordered dict of maps). ``num_classes`` is K, the object
+    classes (labels 1..K); torchvision's ``FasterRCNN`` counts the background in its
+    ``num_classes``, so it is K + 1 there. ``rpn`` / ``roi_heads``: ready-made modules, or None to build the defaults
     described in the module docstring from ``anchor_sizes``, ``rpn_*_nms_top_n`` (proposals
     kept per level before NMS and per image after it, ``dict(training=, testing=)``), ``canonical_scale``,
     ``representation_size`` and the ``box_*`` settings (RoIs sampled per image, score
@@ -86,8 +87,9 @@ class FasterRCNN(nn.Module):
         if not isinstance(getattr(backbone, "out_channels", None), int) or not hasattr(backbone, "names"):
             raise TypeError("backbone must have 'names' and one int 'out_channels' shared by every level "
                             "(e.g. fpnbook.fpn.BackboneWithFPN)")
-        if roi_heads is None and (num_classes is None or num_classes < 2):
-            raise ValueError(f"num_classes (background included, so at least 2) is needed to build the RoI heads, got {num_classes}")
+        if roi_heads is None and (not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1):
+            raise ValueError(f"num_classes (K, the object classes, at least 1) is needed to build the RoI heads, "
+                             f"got {num_classes!r}")
         self.backbone = backbone
         channels, names = backbone.out_channels, list(backbone.names)
         if rpn is None:
@@ -101,7 +103,7 @@ class FasterRCNN(nn.Module):
             roi_heads = RoIHeads(
                 pool,
                 TwoMLPHead(channels * BOX_POOL_SIZE**2, representation_size),
-                BoxPredictor(representation_size, num_classes),
+                BoxPredictor(representation_size, num_classes + 1),  # + the background
                 batch_size_per_image=box_batch_size_per_image,
                 score_thresh=box_score_thresh,
                 nms_thresh=box_nms_thresh,
@@ -122,7 +124,7 @@ class FasterRCNN(nn.Module):
             batch, image_sizes = batch_images(images)
         if self.training or targets is not None:
             with stage("checks"):  # once per step, here; the RPN and the RoI heads trust CheckedTargets
-                targets = check_targets(targets, len(image_sizes), self.roi_heads.box_predictor.num_classes - 1,
+                targets = check_targets(targets, len(image_sizes), self.roi_heads.box_predictor.num_logits - 1,
                                         image_sizes, masks=self.roi_heads.has_mask())
         features = self.backbone(batch)
         with stage("rpn"):
@@ -174,7 +176,7 @@ class MaskRCNN(FasterRCNN):
             mask_head = MaskHead(backbone.out_channels, mask_layers)
         if mask_predictor is None:
             channels = mask_head.out_channels if isinstance(mask_head, MaskHead) else mask_layers[-1]
-            mask_predictor = MaskPredictor(channels, mask_dim_reduced, 1 if class_agnostic_mask else num_classes)
+            mask_predictor = MaskPredictor(channels, mask_dim_reduced, 1 if class_agnostic_mask else num_classes + 1)
         heads = self.roi_heads
         heads.mask_roi_pool, heads.mask_head, heads.mask_predictor = mask_roi_pool, mask_head, mask_predictor
         heads.class_agnostic_mask = class_agnostic_mask
@@ -193,7 +195,7 @@ class MaskXRCNN(MaskRCNN):
 
     def __init__(self, backbone: nn.Module, rpn: nn.Module, roi_heads: nn.Module, mask_classes: Iterable[int]) -> None:
         super().__init__(backbone, rpn=rpn, roi_heads=roi_heads)
-        self.mask_classes = check_mask_classes(mask_classes, roi_heads.box_predictor.cls_score.out_features)
+        self.mask_classes = check_mask_classes(mask_classes, roi_heads.box_predictor.cls_score.out_features - 1)
 
     def forward(
         self, images: Sequence[Tensor], targets: Sequence[Mapping[str, Tensor]] | None = None
@@ -233,8 +235,7 @@ def to_mask_x(
     for name in ("box_predictor", "mask_head", "mask_predictor"):
         if getattr(heads, name, None) is None:
             raise TypeError(f"model.roi_heads must have a {name} (build the model with fpnbook.models.mask_rcnn_tiny)")
-    num_classes = heads.box_predictor.cls_score.out_features
-    check_mask_classes(mask_classes, num_classes)  # before anything changes
+    check_mask_classes(mask_classes, heads.box_predictor.cls_score.out_features - 1)  # before anything changes
     predictor = heads.mask_predictor
     deconv = getattr(predictor, "conv5_mask", None)
     if not isinstance(deconv, nn.ConvTranspose2d):

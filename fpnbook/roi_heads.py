@@ -4,10 +4,10 @@ Each proposal (RoI) is pooled from the pyramid to a small fixed grid (7x7 for th
 box branch, 14x14 for the mask branch), then:
 
 - the *box head* (two fc layers) and *box predictor* give class logits
-  [K, num_classes] (0 = background) and class-specific deltas [K, num_classes * 4],
+  [K, num_logits] (``num_logits = num_classes + 1``, 0 = background) and class-specific deltas [K, num_logits * 4],
   encoded with :class:`fpnbook.boxes.BoxCoder` weights (10, 10, 5, 5);
 - the *mask head* (four 3x3 convs) and *mask predictor* (a 2x2 stride-2 deconv, then
-  a 1x1 conv) give one 28x28 mask logit map per class [K, num_classes, 28, 28].
+  a 1x1 conv) give one 28x28 mask logit map per class [K, num_logits, 28, 28].
 
 Training (Mask R-CNN paper, Sec. 3): the ground-truth boxes join the proposals;
 RoIs with IoU >= 0.5 with a ground truth are foreground, the rest background; 512
@@ -33,11 +33,11 @@ the image with :func:`paste_masks_in_image`.
 
 **The mask predictor contract** (for :mod:`fpnbook.weight_transfer`). ``RoIHeads``
 calls ``mask_predictor(mask_features)`` with mask_features Tensor[K, C, 14, 14] and
-expects logits Tensor[K, num_classes, 28, 28] (or [K, 1, 28, 28] with
+expects logits Tensor[K, num_logits, 28, 28] (or [K, 1, 28, 28] with
 ``class_agnostic_mask``); it picks the class channel itself. :class:`MaskPredictor`
 splits its work so that the per-class weights can be swapped: ``upsample(x)`` gives
-[K, dim_reduced, 28, 28], ``class_weights()`` gives ``(weight [num_classes, dim_reduced],
-bias [num_classes])``, and the logits are the 1x1 conv of the two. A weight-transfer
+[K, dim_reduced, 28, 28], ``class_weights()`` gives ``(weight [num_logits, dim_reduced],
+bias [num_logits])``, and the logits are the 1x1 conv of the two. A weight-transfer
 predictor overrides ``class_weights()`` to return ``tau_c = T(omega_c)`` computed from
 the box predictor's ``cls_score.weight`` / ``bbox_pred.weight`` (a module it holds a
 reference to); nothing else changes.
@@ -82,19 +82,20 @@ class TwoMLPHead(nn.Module):
 class BoxPredictor(nn.Module):
     """Class logits and class-specific box deltas from the box head's features.
 
-    forward: Tensor[K, in_features] -> (class_logits Tensor[K, num_classes],
-    box_deltas Tensor[K, num_classes * 4], columns ``4c..4c+3`` for class ``c``).
-    ``num_classes`` counts the background (index 0). Initialised as in Detectron:
+    forward: Tensor[K, in_features] -> (class_logits Tensor[K, num_logits],
+    box_deltas Tensor[K, num_logits * 4], columns ``4c..4c+3`` for class ``c``).
+    ``num_logits`` is K + 1: the object classes and the background (index 0), which is
+    torchvision's ``FastRCNNPredictor(in_channels, num_classes)``'s ``num_classes``. Initialised as in Detectron:
     normal(std 0.01) for the classifier, normal(std 0.001) for the deltas, zero biases.
     """
 
-    def __init__(self, in_features: int, num_classes: int) -> None:
+    def __init__(self, in_features: int, num_logits: int) -> None:
         super().__init__()
-        if num_classes < 2:
-            raise ValueError(f"num_classes counts the background, so it must be at least 2, got {num_classes}")
-        self.num_classes = num_classes
-        self.cls_score = nn.Linear(in_features, num_classes)
-        self.bbox_pred = nn.Linear(in_features, num_classes * 4)
+        if num_logits < 2:
+            raise ValueError(f"num_logits counts the background too (K + 1), so it must be at least 2, got {num_logits}")
+        self.num_logits = num_logits
+        self.cls_score = nn.Linear(in_features, num_logits)
+        self.bbox_pred = nn.Linear(in_features, num_logits * 4)
         nn.init.normal_(self.cls_score.weight, std=0.01)
         nn.init.normal_(self.bbox_pred.weight, std=0.001)
         nn.init.zeros_(self.cls_score.bias)
@@ -130,17 +131,18 @@ class MaskHead(nn.Sequential):
 class MaskPredictor(nn.Module):
     """Per-class mask logits: 2x2 stride-2 deconv + ReLU, then a 1x1 conv with one output per class.
 
-    forward: Tensor[K, in_channels, S, S] -> Tensor[K, num_classes, 2S, 2S] logits.
+    forward: Tensor[K, in_channels, S, S] -> Tensor[K, num_logits, 2S, 2S] logits (``num_logits``:
+    K + 1 per-class masks, background included as in torchvision's ``MaskRCNNPredictor``, or 1 class-agnostic).
     Submodules ``conv5_mask`` and ``mask_fcn_logits`` are named like torchvision's
     ``MaskRCNNPredictor``, whose state dict loads as it is. See the module docstring for
     the contract that lets weight transfer replace :meth:`class_weights`.
     """
 
-    def __init__(self, in_channels: int, dim_reduced: int, num_classes: int) -> None:
+    def __init__(self, in_channels: int, dim_reduced: int, num_logits: int) -> None:
         super().__init__()
-        self.num_classes = num_classes
+        self.num_logits = num_logits
         self.conv5_mask = nn.ConvTranspose2d(in_channels, dim_reduced, 2, stride=2)
-        self.mask_fcn_logits = nn.Conv2d(dim_reduced, num_classes, 1)
+        self.mask_fcn_logits = nn.Conv2d(dim_reduced, num_logits, 1)
         # Detectron2's init: tiny per-class weights, so every mask starts at probability ~0.5.
         nn.init.kaiming_normal_(self.conv5_mask.weight, mode="fan_out", nonlinearity="relu")
         nn.init.normal_(self.mask_fcn_logits.weight, std=0.001)
@@ -152,7 +154,7 @@ class MaskPredictor(nn.Module):
         return F.relu(self.conv5_mask(x))
 
     def class_weights(self) -> tuple[Tensor, Tensor]:
-        """The per-class mask weights: ``(weight Tensor[num_classes, dim_reduced], bias Tensor[num_classes])``."""
+        """The per-class mask weights: ``(weight Tensor[num_logits, dim_reduced], bias Tensor[num_logits])``."""
         return self.mask_fcn_logits.weight[:, :, 0, 0], self.mask_fcn_logits.bias
 
     def forward(self, x: Tensor) -> Tensor:
@@ -345,7 +347,7 @@ class RoIHeads(nn.Module):
         if not self.training:
             return self.detect(features, proposals, image_sizes), {}
         with stage("checks"):  # a no-op when the model's forward has checked them already
-            targets = check_targets(targets, len(image_sizes), num_classes=self.box_predictor.num_classes - 1,
+            targets = check_targets(targets, len(image_sizes), num_classes=self.box_predictor.num_logits - 1,
                                     image_sizes=image_sizes, masks=self.has_mask())
         return [], self.losses(features, proposals, image_sizes, targets)
 
@@ -423,7 +425,7 @@ class RoIHeads(nn.Module):
         return matched, labels
 
     def mask_logits(self, features: Mapping[str, Tensor], boxes: Sequence[Tensor], image_sizes: Sequence[tuple[int, int]]) -> Tensor:
-        """Mask logits Tensor[sum K_i, num_classes (or 1), M, M] for per-image boxes Tensor[K_i, 4]."""
+        """Mask logits Tensor[sum K_i, num_logits (or 1), M, M] for per-image boxes Tensor[K_i, 4]."""
         with stage("roi_align"):
             mask_features = self.mask_roi_pool(features, list(boxes), image_sizes)
         with stage("mask_head"):
@@ -473,15 +475,15 @@ class RoIHeads(nn.Module):
 
         Same signature and results as torchvision's ``RoIHeads.postprocess_detections``.
         """
-        num_classes = class_logits.shape[1]
+        num_logits = class_logits.shape[1]
         counts = [p.shape[0] for p in proposals]
         all_proposals = torch.cat(list(proposals))
-        pred_boxes = self.box_coder.decode(box_regression, all_proposals).reshape(-1, num_classes, 4)
+        pred_boxes = self.box_coder.decode(box_regression, all_proposals).reshape(-1, num_logits, 4)
         pred_scores = F.softmax(class_logits, dim=-1)
         all_boxes, all_scores, all_labels = [], [], []
         for boxes, scores, size in zip(pred_boxes.split(counts), pred_scores.split(counts), image_sizes):
             boxes = clip_boxes_to_image(boxes, size)
-            labels = torch.arange(num_classes, device=scores.device).expand_as(scores)
+            labels = torch.arange(num_logits, device=scores.device).expand_as(scores)
             # Every (RoI, class) pair is a candidate detection; drop the background column.
             boxes, scores, labels = boxes[:, 1:].reshape(-1, 4), scores[:, 1:].reshape(-1), labels[:, 1:].reshape(-1)
             keep = torch.where(scores > self.score_thresh)[0]

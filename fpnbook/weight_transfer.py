@@ -70,7 +70,7 @@ def transfer_input_dim(representation_size: int, inputs: str = "cls+box") -> int
 
 
 def detection_weights(box_predictor: nn.Module, inputs: str = "cls+box") -> Tensor:
-    """``omega_det``: each class's box-predictor weights, Tensor[num_classes, det_dim].
+    """``omega_det``: each class's box-predictor weights, Tensor[num_logits, det_dim] (K + 1 rows).
 
     ``box_predictor`` has ``cls_score`` (Linear R -> C) and ``bbox_pred`` (Linear R -> 4C,
     rows ``4c..4c+3`` for class ``c``), as :class:`fpnbook.roi_heads.BoxPredictor`. Row
@@ -83,16 +83,16 @@ def detection_weights(box_predictor: nn.Module, inputs: str = "cls+box") -> Tens
         if not isinstance(getattr(box_predictor, name, None), nn.Linear):
             raise TypeError(f"box_predictor must have an nn.Linear {name!r} (see fpnbook.roi_heads.BoxPredictor)")
     cls_weight, box_weight = box_predictor.cls_score.weight, box_predictor.bbox_pred.weight
-    num_classes, size = cls_weight.shape
-    if box_weight.shape != (4 * num_classes, size):
-        raise ValueError(f"box_predictor.bbox_pred.weight must be [4 * {num_classes}, {size}] "
+    num_logits, size = cls_weight.shape
+    if box_weight.shape != (4 * num_logits, size):
+        raise ValueError(f"box_predictor.bbox_pred.weight must be [4 * {num_logits}, {size}] "
                          f"(four deltas per class), got {list(box_weight.shape)}")
-    box_weight = box_weight.reshape(num_classes, 4 * size)
+    box_weight = box_weight.reshape(num_logits, 4 * size)
     return {"cls": cls_weight, "box": box_weight, "cls+box": torch.cat([cls_weight, box_weight], dim=1)}[inputs]
 
 
 class WeightTransfer(nn.Module):
-    """T: box weights -> mask weights. Tensor[num_classes, det_dim] -> Tensor[num_classes, mask_dim].
+    """T: box weights -> mask weights. Tensor[num_logits, det_dim] -> Tensor[num_logits, mask_dim].
 
     ``det_dim`` must match ``inputs`` for the box head (:func:`transfer_input_dim`);
     ``mask_dim`` is the mask predictor's ``dim_reduced`` (the channels its 1x1 conv
@@ -130,7 +130,7 @@ class WeightTransfer(nn.Module):
     def forward(self, omega: Tensor) -> Tensor:
         if not isinstance(omega, Tensor) or omega.ndim != 2 or omega.shape[1] != self.det_dim:
             got = list(omega.shape) if isinstance(omega, Tensor) else type(omega).__name__
-            raise ValueError(f"omega must be Tensor[num_classes, {self.det_dim}] (the box head's {self.inputs!r} "
+            raise ValueError(f"omega must be Tensor[num_logits, {self.det_dim}] (the box head's {self.inputs!r} "
                              f"weights), got {got}")
         return self.layers(omega)
 
@@ -139,11 +139,11 @@ class WeightTransfer(nn.Module):
 
 
 class TransferMaskPredictor(nn.Module):
-    """Mask predictor whose per-class 1x1 conv weights are ``T(omega_det)``. [K, C_in, S, S] -> [K, num_classes, 2S, 2S].
+    """Mask predictor whose per-class 1x1 conv weights are ``T(omega_det)``. [K, C_in, S, S] -> [K, num_logits, 2S, 2S].
 
     Keeps :mod:`fpnbook.roi_heads`' mask predictor contract: ``upsample(x)`` (2x2
     stride-2 deconv + ReLU) gives [K, dim_reduced, 2S, 2S]; ``class_weights()`` gives
-    ``(tau [num_classes, dim_reduced], bias [num_classes])``; the logits are their 1x1
+    ``(tau [num_logits, dim_reduced], bias [num_logits])``; the logits are their 1x1
     conv. The bias is zero (not a parameter), as in the paper: every class-specific
     weight comes from ``T``.
 
@@ -177,7 +177,7 @@ class TransferMaskPredictor(nn.Module):
         if transfer.mask_dim != dim_reduced:
             raise ValueError(f"transfer.mask_dim ({transfer.mask_dim}) must equal dim_reduced ({dim_reduced}): "
                              "T predicts the weights of a 1x1 conv over dim_reduced channels")
-        self.num_classes = omega.shape[0]
+        self.num_logits = omega.shape[0]
         self.stop_gradient = bool(stop_gradient)
         self.transfer = transfer
         self._box_predictor = (box_predictor,)  # a tuple hides it from nn.Module's registry
@@ -190,7 +190,7 @@ class TransferMaskPredictor(nn.Module):
         return self._box_predictor[0]
 
     def detection_weights(self) -> Tensor:
-        """``omega_det`` Tensor[num_classes, det_dim], detached when ``stop_gradient``."""
+        """``omega_det`` Tensor[num_logits, det_dim], detached when ``stop_gradient``."""
         omega = detection_weights(self.box_predictor, self.transfer.inputs)
         return omega.detach() if self.stop_gradient else omega
 
@@ -199,7 +199,7 @@ class TransferMaskPredictor(nn.Module):
         return F.relu(self.conv5_mask(x))
 
     def class_weights(self) -> tuple[Tensor, Tensor]:
-        """``(tau Tensor[num_classes, dim_reduced], zero bias Tensor[num_classes])``."""
+        """``(tau Tensor[num_logits, dim_reduced], zero bias Tensor[num_logits])``."""
         tau = self.transfer(self.detection_weights())
         return tau, tau.new_zeros(tau.shape[0])
 
@@ -208,7 +208,7 @@ class TransferMaskPredictor(nn.Module):
         return F.conv2d(self.upsample(x), weight[:, :, None, None], bias)
 
     def extra_repr(self) -> str:
-        return f"num_classes={self.num_classes}, stop_gradient={self.stop_gradient}"
+        return f"num_logits={self.num_logits}, stop_gradient={self.stop_gradient}"
 
 
 class MLPMaskBranch(nn.Module):
@@ -270,15 +270,15 @@ class FusedMaskPredictor(nn.Module):
 
 
 def check_mask_classes(mask_classes: Iterable[int], num_classes: int) -> frozenset[int]:
-    """``mask_classes`` as a frozenset of labels, each in ``1..num_classes - 1`` (``num_classes`` counts the background)."""
+    """``mask_classes`` as a frozenset of labels, each in ``1..num_classes`` (K, the object classes)."""
     if isinstance(mask_classes, (str, bytes)) or not isinstance(mask_classes, Iterable):
         raise TypeError(f"mask_classes must be a set of int labels, got {type(mask_classes).__name__}")
     labels = list(mask_classes)
     if not all(isinstance(c, int) and not isinstance(c, bool) for c in labels):
         raise TypeError(f"mask_classes must hold int labels, got {labels}")
-    unknown = sorted(c for c in labels if not 1 <= c < num_classes)
+    unknown = sorted(c for c in labels if not 1 <= c <= num_classes)
     if unknown:
-        raise ValueError(f"mask_classes must be labels in 1..{num_classes - 1}, got unknown {unknown}")
+        raise ValueError(f"mask_classes must be labels in 1..{num_classes}, got unknown {unknown}")
     if not labels:
         raise ValueError("mask_classes is empty: no class would ever train the mask branch")
     return frozenset(labels)

@@ -9,7 +9,7 @@ from fpnbook.rcnn import (
     MaskRCNN,
 )
 
-NUM_CLASSES = 3
+NUM_CLASSES = 2  # K: the object classes, labels 1..2 (the models add the background)
 
 
 def scene(height=64, width=64, seed=0):
@@ -91,7 +91,7 @@ def test_eval_output_format_with_masks_pasted_into_the_image():
         assert detections["masks"].shape == (n, 1, height, width) and detections["masks"].dtype == torch.float32
         assert ((detections["masks"] >= 0) & (detections["masks"] <= 1)).all()
         assert detections["labels"].dtype == torch.int64
-        assert ((detections["labels"] >= 1) & (detections["labels"] < NUM_CLASSES)).all()
+        assert ((detections["labels"] >= 1) & (detections["labels"] <= NUM_CLASSES)).all()
         assert (detections["scores"][:-1] >= detections["scores"][1:]).all()
         boxes = detections["boxes"]
         assert (boxes >= 0).all() and (boxes[:, 2] <= width).all() and (boxes[:, 3] <= height).all()
@@ -150,7 +150,7 @@ def test_bad_input_raises():
     with pytest.raises(ValueError, match="one dict per image"):
         model([image, image], [target])
     with pytest.raises(ValueError, match="num_classes"):
-        model([image], [dict(target, labels=torch.tensor([1, NUM_CLASSES]))])
+        model([image], [dict(target, labels=torch.tensor([1, NUM_CLASSES + 1]))])
     with pytest.raises(TypeError, match="images"):
         model(torch.stack([image]), [target])
     with pytest.raises(ValueError, match="num_classes"):

@@ -22,7 +22,7 @@ from fpnbook.roi_heads import (
 )
 from fpnbook.rcnn import MultiScaleRoIAlign  # fpnbook.poolers' (torchvision's until it lands)
 
-CHANNELS, NUM_CLASSES = 8, 4
+CHANNELS, NUM_LOGITS = 8, 4
 PADDED = (96, 128)
 IMAGE_SIZES = [(96, 128), (80, 100)]
 NAMES = ["p2", "p3", "p4", "p5"]
@@ -71,10 +71,10 @@ def twin_heads(mask=True, seed=0, **kwargs):
     box_pool = MultiScaleRoIAlign(NAMES, 7, 2)
     mask_pool = MultiScaleRoIAlign(NAMES, 14, 2)
     their_box_head = TorchvisionTwoMLPHead(CHANNELS * 49, 32)
-    their_predictor = FastRCNNPredictor(32, NUM_CLASSES)
+    their_predictor = FastRCNNPredictor(32, NUM_LOGITS)
     # Larger class weights than the init so that scores spread and NMS has work to do.
     torch.nn.init.normal_(their_predictor.cls_score.weight, std=0.5)
-    box_head, predictor = TwoMLPHead(CHANNELS * 49, 32), BoxPredictor(32, NUM_CLASSES)
+    box_head, predictor = TwoMLPHead(CHANNELS * 49, 32), BoxPredictor(32, NUM_LOGITS)
     box_head.load_state_dict(their_box_head.state_dict())
     predictor.load_state_dict(their_predictor.state_dict())
     settings = dict(fg_iou_thresh=0.5, bg_iou_thresh=0.5, batch_size_per_image=128, positive_fraction=0.25,
@@ -83,8 +83,8 @@ def twin_heads(mask=True, seed=0, **kwargs):
     mask_modules, their_mask_modules = {}, {}
     if mask:
         their_mask_head = MaskRCNNHeads(CHANNELS, (16, 16), 1)
-        their_mask_predictor = MaskRCNNPredictor(16, 16, NUM_CLASSES)
-        mask_head, mask_predictor = MaskHead(CHANNELS, (16, 16)), MaskPredictor(16, 16, NUM_CLASSES)
+        their_mask_predictor = MaskRCNNPredictor(16, 16, NUM_LOGITS)
+        mask_head, mask_predictor = MaskHead(CHANNELS, (16, 16)), MaskPredictor(16, 16, NUM_LOGITS)
         copy_mask_head(mask_head, their_mask_head)
         mask_predictor.load_state_dict(their_mask_predictor.state_dict())
         mask_modules = dict(mask_roi_pool=mask_pool, mask_head=mask_head, mask_predictor=mask_predictor)
@@ -171,15 +171,15 @@ def test_postprocess_equals_torchvision():
     g = torch.Generator().manual_seed(3)
     proposals = make_proposals(make_targets(), count=200, seed=3)
     count = sum(len(p) for p in proposals)
-    class_logits = torch.randn(count, NUM_CLASSES, generator=g) * 3
-    box_regression = torch.randn(count, NUM_CLASSES * 4, generator=g) * 2
+    class_logits = torch.randn(count, NUM_LOGITS, generator=g) * 3
+    box_regression = torch.randn(count, NUM_LOGITS * 4, generator=g) * 2
     boxes, scores, labels = ours.postprocess_detections(class_logits, box_regression, proposals, IMAGE_SIZES)
     expected = theirs.postprocess_detections(class_logits, box_regression, proposals, IMAGE_SIZES)
     for ours_part, their_part in zip((boxes, scores, labels), expected):
         for a, b in zip(ours_part, their_part):
             assert a.shape == b.shape
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
-    assert all((s > 0.05).all() for s in scores) and all(((l >= 1) & (l < NUM_CLASSES)).all() for l in labels)
+    assert all((s > 0.05).all() for s in scores) and all(((l >= 1) & (l < NUM_LOGITS)).all() for l in labels)
     for b, (h, w) in zip(boxes, IMAGE_SIZES):
         assert (b[:, 0::2] <= w).all() and (b[:, 1::2] <= h).all() and (b >= 0).all()
 
@@ -198,17 +198,17 @@ def test_mask_targets_equal_torchvision_project_masks_on_boxes():
 
 def test_mask_loss_reads_only_the_ground_truth_class_channel():
     g = torch.Generator().manual_seed(0)
-    logits = torch.randn(6, NUM_CLASSES, 28, 28, generator=g, requires_grad=True)
+    logits = torch.randn(6, NUM_LOGITS, 28, 28, generator=g, requires_grad=True)
     channels = torch.tensor([1, 3, 2, 2, 1, 3])
     mask_targets = (torch.rand(6, 28, 28, generator=g) > 0.5).float()
     loss = mask_loss(logits, channels, mask_targets)
     loss.backward()
     touched = logits.grad.abs().sum(dim=(2, 3)) > 0
-    assert torch.equal(touched, torch.nn.functional.one_hot(channels, NUM_CLASSES).bool())
+    assert torch.equal(touched, torch.nn.functional.one_hot(channels, NUM_LOGITS).bool())
     # Sigmoid per pixel, not softmax over classes: the loss equals BCE of the picked channel alone.
     picked = logits.detach()[torch.arange(6), channels]
     torch.testing.assert_close(loss, torch.nn.functional.binary_cross_entropy_with_logits(picked, mask_targets))
-    empty = torch.randn(0, NUM_CLASSES, 28, 28, requires_grad=True)
+    empty = torch.randn(0, NUM_LOGITS, 28, 28, requires_grad=True)
     zero = mask_loss(empty, torch.zeros(0, dtype=torch.int64), torch.zeros(0, 28, 28))
     assert zero == 0 and zero.requires_grad
 
@@ -225,7 +225,7 @@ class CountingPredictor(MaskPredictor):
 
 def test_has_mask_false_objects_get_no_mask_loss():
     heads, _ = twin_heads(mask=True)
-    predictor = CountingPredictor(16, 16, NUM_CLASSES)
+    predictor = CountingPredictor(16, 16, NUM_LOGITS)
     heads.mask_predictor = predictor
     heads.train()
     feats = features()
@@ -290,28 +290,28 @@ def test_class_agnostic_mask():
     with torch.no_grad():
         logits = heads.mask_logits(features(), [d["boxes"] for d in detections], IMAGE_SIZES)
     torch.testing.assert_close(torch.cat([d["masks"] for d in detections]), logits.sigmoid())
-    heads.mask_predictor = MaskPredictor(16, 16, NUM_CLASSES)
+    heads.mask_predictor = MaskPredictor(16, 16, NUM_LOGITS)
     with pytest.raises(ValueError, match="class_agnostic_mask"):
         heads(features(), make_proposals(targets), IMAGE_SIZES)
 
 
 def test_mask_predictor_contract_lets_class_weights_be_replaced():
-    theirs = MaskRCNNPredictor(16, 12, NUM_CLASSES)
-    ours = MaskPredictor(16, 12, NUM_CLASSES)
+    theirs = MaskRCNNPredictor(16, 12, NUM_LOGITS)
+    ours = MaskPredictor(16, 12, NUM_LOGITS)
     ours.load_state_dict(theirs.state_dict())
     x = torch.randn(3, 16, 14, 14)
     torch.testing.assert_close(ours(x), theirs(x))
-    assert ours(x).shape == (3, NUM_CLASSES, 28, 28)
+    assert ours(x).shape == (3, NUM_LOGITS, 28, 28)
 
     class Transferred(MaskPredictor):
         def __init__(self, source):
-            super().__init__(16, 12, NUM_CLASSES)
+            super().__init__(16, 12, NUM_LOGITS)
             self.source = source  # e.g. the box predictor; here any [num_classes, 12] weight
 
         def class_weights(self):
-            return self.source, torch.zeros(NUM_CLASSES)
+            return self.source, torch.zeros(NUM_LOGITS)
 
-    tau = torch.randn(NUM_CLASSES, 12)
+    tau = torch.randn(NUM_LOGITS, 12)
     transferred = Transferred(tau)
     expected = torch.einsum("kdhw,cd->kchw", transferred.upsample(x), tau)
     torch.testing.assert_close(transferred(x), expected)
@@ -319,10 +319,10 @@ def test_mask_predictor_contract_lets_class_weights_be_replaced():
 
 def test_heads_shapes():
     assert TwoMLPHead(8 * 49, 32)(torch.randn(5, 8, 7, 7)).shape == (5, 32)
-    logits, deltas = BoxPredictor(32, NUM_CLASSES)(torch.randn(5, 32))
-    assert logits.shape == (5, NUM_CLASSES) and deltas.shape == (5, NUM_CLASSES * 4)
+    logits, deltas = BoxPredictor(32, NUM_LOGITS)(torch.randn(5, 32))
+    assert logits.shape == (5, NUM_LOGITS) and deltas.shape == (5, NUM_LOGITS * 4)
     assert MaskHead(8, (16,) * 4)(torch.randn(2, 8, 14, 14)).shape == (2, 16, 14, 14)
-    with pytest.raises(ValueError, match="num_classes"):
+    with pytest.raises(ValueError, match="num_logits"):
         BoxPredictor(32, 1)
 
 
@@ -371,7 +371,7 @@ def test_bad_targets_raise():
     with pytest.raises(ValueError, match=r"targets\[0\]\['labels'\]"):
         heads(feats, proposals, IMAGE_SIZES, bad)
     bad = [dict(t) for t in targets]
-    bad[1]["labels"] = torch.tensor([NUM_CLASSES])
+    bad[1]["labels"] = torch.tensor([NUM_LOGITS])
     with pytest.raises(ValueError, match="num_classes"):
         heads(feats, proposals, IMAGE_SIZES, bad)
     bad = [dict(t) for t in targets]

@@ -15,17 +15,17 @@ from fpnbook.roi_heads import BoxPredictor, mask_loss
 SEEN, UNSEEN = (1, 3), (2, 4)  # labels with and without masks in the model tests (4 classes + background)
 
 
-def box_predictor(num_classes=5, size=16, seed=0):
+def box_predictor(num_logits=5, size=16, seed=0):
     torch.manual_seed(seed)
-    predictor = BoxPredictor(size, num_classes)
+    predictor = BoxPredictor(size, num_logits)
     with torch.no_grad():  # trained-looking weights: distinct rows of a useful size
         predictor.cls_score.weight.normal_(std=0.1)
         predictor.bbox_pred.weight.normal_(std=0.1)
     return predictor
 
 
-def transfer_predictor(inputs="cls+box", kind="mlp", stop_gradient=True, size=16, num_classes=5, dim=8):
-    bp = box_predictor(num_classes, size)
+def transfer_predictor(inputs="cls+box", kind="mlp", stop_gradient=True, size=16, num_logits=5, dim=8):
+    bp = box_predictor(num_logits, size)
     transfer = wt.WeightTransfer(wt.transfer_input_dim(size, inputs), dim, inputs=inputs, kind=kind)
     return bp, wt.TransferMaskPredictor(bp, transfer, in_channels=6, dim_reduced=dim, stop_gradient=stop_gradient)
 
@@ -47,7 +47,7 @@ def test_transfer_maps_each_class_row_to_mask_weights(num_classes, size, mask_di
 
 
 def test_detection_weights_layout():
-    bp = box_predictor(num_classes=3, size=4)
+    bp = box_predictor(num_logits=3, size=4)
     cls, box, both = (wt.detection_weights(bp, i) for i in wt.INPUTS)
     torch.testing.assert_close(cls, bp.cls_score.weight)
     for c in range(3):  # class c's four regression rows, concatenated
@@ -82,7 +82,7 @@ def test_transfer_rejects_bad_arguments(kwargs, match):
 
 def test_transfer_rejects_omega_of_the_wrong_width():
     transfer = wt.WeightTransfer(wt.transfer_input_dim(16, "cls+box"), 8)
-    with pytest.raises(ValueError, match=r"omega must be Tensor\[num_classes, 80\]"):
+    with pytest.raises(ValueError, match=r"omega must be Tensor\[num_logits, 80\]"):
         transfer(torch.zeros(5, 16))
 
 
@@ -167,7 +167,7 @@ def test_without_stop_gradient_only_classes_with_masks_get_a_gradient():
 
 def tiny_model(transfer="cls+box", **kwargs):
     torch.manual_seed(0)
-    model = models.mask_rcnn_tiny(5, class_agnostic_mask=transfer is None, representation_size=32,
+    model = models.mask_rcnn_tiny(4, class_agnostic_mask=transfer is None, representation_size=32,
                                 mask_layers=(8,), mask_dim_reduced=8)
     return rcnn.to_mask_x(model, SEEN, transfer=transfer, **kwargs)
 
@@ -238,7 +238,7 @@ def test_has_mask_on_an_unseen_class_is_refused():
 
 def test_mask_classes_must_be_known_labels():
     with pytest.raises(ValueError, match="mask_classes"):
-        rcnn.to_mask_x(models.mask_rcnn_tiny(5, representation_size=32), {1, 9})
+        rcnn.to_mask_x(models.mask_rcnn_tiny(4, representation_size=32), {1, 9})
     with pytest.raises(ValueError, match="empty"):
         wt.check_mask_classes(set(), 5)
     with pytest.raises(TypeError):
@@ -247,7 +247,7 @@ def test_mask_classes_must_be_known_labels():
 
 def test_class_agnostic_baseline_needs_a_class_agnostic_model():
     with pytest.raises(ValueError, match="class_agnostic_mask=True"):
-        rcnn.to_mask_x(models.mask_rcnn_tiny(5, representation_size=32), SEEN, transfer=None)
+        rcnn.to_mask_x(models.mask_rcnn_tiny(4, representation_size=32), SEEN, transfer=None)
 
 
 def test_mask_x_model_predicts_masks_for_unseen_classes():
@@ -271,7 +271,7 @@ def test_deepcopy_keeps_the_transfer_reading_the_copied_box_predictor():
 
 def test_to_mask_x_returns_a_mask_x_rcnn_with_mask_rcnn_state_keys():
     torch.manual_seed(0)
-    mask_rcnn = models.mask_rcnn_tiny(5, representation_size=32, mask_layers=(8,), mask_dim_reduced=8)
+    mask_rcnn = models.mask_rcnn_tiny(4, representation_size=32, mask_layers=(8,), mask_dim_reduced=8)
     model = rcnn.to_mask_x(mask_rcnn, SEEN, transfer="cls+box")
     assert isinstance(model, rcnn.MaskXRCNN) and isinstance(model, rcnn.MaskRCNN)
     assert model.mask_classes == frozenset(SEEN) and f"mask_classes={sorted(SEEN)}" in repr(model)
