@@ -180,7 +180,12 @@ class TransferMaskPredictor(nn.Module):
         self.num_logits = omega.shape[0]
         self.stop_gradient = bool(stop_gradient)
         self.transfer = transfer
-        self._box_predictor = (box_predictor,)  # a tuple hides it from nn.Module's registry
+        # Held in a tuple on purpose: the RoI heads own the box predictor, this only reads its
+        # weights. As a registered submodule its weights would appear a second time in the
+        # state dict (mask_predictor.box_predictor.*), and a Mask^X R-CNN's state dict would
+        # stop being a Mask R-CNN's. deepcopy keeps the pairing (the tuple is copied with the
+        # model's memo), which tests/test_weight_transfer.py checks.
+        self._box_predictor = (box_predictor,)
         self.conv5_mask = nn.ConvTranspose2d(in_channels, dim_reduced, 2, stride=2)
         nn.init.kaiming_normal_(self.conv5_mask.weight, mode="fan_out", nonlinearity="relu")
         nn.init.zeros_(self.conv5_mask.bias)
