@@ -268,3 +268,35 @@ plt.show()
 # Chapter 1 asks why small objects are hard, and builds the Feature Pyramid Network that
 # fixes it. From there on every table in the book comes from `evaluate.coco_evaluate`,
 # the function we just checked.
+
+# %% [markdown]
+# ## Exercises (`fpnbook.exercises`)
+#
+# `exercises.check(name, answer)` checks an answer: a number within a tolerance, or your
+# function against the library's on random and edge cases, printing pass or the first
+# failing case with both answers. Replace each `None` or `raise NotImplementedError`, then
+# run the cell again. The solutions are in `fpnbook/solutions.py`; look after trying.
+#
+# 1. **Derive.** The IoU of the boxes (0, 0, 10, 10) and (5, 5, 15, 15), XYXY pixels.
+# 2. **Implement.** `box_area(boxes)`: Tensor[N, 4] XYXY -> Tensor[N] areas (what
+#    `fpnbook.boxes.box_area` computes).
+# 3. **Implement.** `xywh_to_xyxy(boxes)`: COCO's (x, y, w, h) -> (x1, y1, x2, y2).
+# 4. **Predict, then run.** Halve every detection's score in section 3 and score them
+#    again with `evaluate.coco_evaluate`. Does the AP change? Why (or why not)?
+
+# %%
+from fpnbook import exercises
+
+exercises.check("ch0.iou", None)  # your number in place of None
+
+
+def my_box_area(boxes: torch.Tensor) -> torch.Tensor:
+    raise NotImplementedError  # your code here
+
+
+def my_xywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
+    raise NotImplementedError  # your code here
+
+
+exercises.check("ch0.box_area", my_box_area)
+exercises.check("ch0.xywh_to_xyxy", my_xywh_to_xyxy)

@@ -620,3 +620,33 @@ print("variants:", [k for k in smoke["metrics"] if k != "setup"], "| metrics:", 
 # 2 puts a dense detector, RetinaNet, on the same pyramid, and meets the problem that
 # comes with predicting at every anchor of every level: hundreds of thousands of easy
 # background anchors, and the focal loss that tames them.
+
+# %% [markdown]
+# ## Exercises (`fpnbook.exercises`)
+#
+# `exercises.check(name, answer)` checks an answer: a number within a tolerance, or your
+# function against the library's on random and edge cases, printing pass or the first
+# failing case with both answers. Replace each `None` or `raise NotImplementedError`, then
+# run the cell again. The solutions are in `fpnbook/solutions.py`; look after trying.
+#
+# 1. **Derive.** The level a 100 x 100 RoI goes to with canonical scale 112 and canonical
+#    level 4 (the book's scale for 256 px images): `floor(k0 + log2(sqrt(w h) / s0))`.
+# 2. **Implement.** `assign_levels(boxes, k_min, k_max, canonical_scale, canonical_level)`,
+#    levels counted from `k_min` and clamped (section 5's formula).
+# 3. **Derive.** How many anchors the book's RPN places on one 256 x 256 image: P2..P6
+#    (strides 4..64), one size per level, 3 aspect ratios per location.
+# 4. **Predict, then run.** With canonical scale 224 instead of 112, which level would most
+#    of the validation split's boxes go to? Run `poolers.assign_levels` on them and count.
+
+# %%
+from fpnbook import exercises
+
+exercises.check("ch1.level", None)  # your number in place of None
+
+
+def my_assign_levels(boxes, k_min, k_max, canonical_scale, canonical_level):
+    raise NotImplementedError  # your code here
+
+
+exercises.check("ch1.assign_levels", my_assign_levels)
+exercises.check("ch1.anchors_per_image", None)

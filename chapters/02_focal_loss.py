@@ -430,3 +430,32 @@ plt.show()
 # python -m experiments.focal_table1 --iterations 2000 --variants alpha_ce fl
 # python -m experiments.focal_table1 --smoke
 # ```
+
+# %% [markdown]
+# ## Exercises (`fpnbook.exercises`)
+#
+# `exercises.check(name, answer)` checks an answer: a number within a tolerance, or your
+# function against the library's on random and edge cases, printing pass or the first
+# failing case with both answers. Replace each `None` or `raise NotImplementedError`, then
+# run the cell again. The solutions are in `fpnbook/solutions.py`; look after trying.
+#
+# 1. **Derive.** The bias `b` that makes `sigmoid(b) = 0.01`, the prior of section 6.
+# 2. **Derive.** One positive at `p_t = 0.1` and 1000 easy negatives at `p_t = 0.99`, no α:
+#    the smallest γ in {0, 0.5, 1, 2, 5} at which the negatives carry under 10% of the loss.
+# 3. **Implement.** `sigmoid_focal_loss(inputs, targets, alpha, gamma)`, elementwise
+#    `-α_t (1 - p_t)^γ log p_t`, finite for logits of any size (the checker tries ±40).
+# 4. **Predict, then run.** In the explorer, will α = 0.75 raise or lower the positives'
+#    share of the loss at γ = 2? Drag α and read the shares.
+
+# %%
+from fpnbook import exercises
+
+exercises.check("ch2.prior_bias", None)  # your number in place of None
+exercises.check("ch2.gamma", None)
+
+
+def my_focal_loss(inputs, targets, alpha, gamma):
+    raise NotImplementedError  # your code here
+
+
+exercises.check("ch2.focal_loss", my_focal_loss)

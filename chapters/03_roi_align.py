@@ -489,3 +489,36 @@ if {"pool_s16", "align_s16", "pool_s32", "align_s32"} <= set(finished):
 # positions, and `aligned=True` removes the last half-pixel. The fix costs nothing at
 # inference and matters most for what needs pixels right: masks, small objects,
 # coarse feature maps.
+
+# %% [markdown]
+# ## Exercises (`fpnbook.exercises`)
+#
+# `exercises.check(name, answer)` checks an answer: a number within a tolerance, or your
+# function against the library's on random and edge cases, printing pass or the first
+# failing case with both answers. Replace each `None` or `raise NotImplementedError`, then
+# run the cell again. The solutions are in `fpnbook/solutions.py`; look after trying.
+#
+# 1. **Implement.** `bilinear(values, y, x)`: the value of a [C, H, W] map at a real point,
+#    as section 2 reads it (0 beyond one pixel off the map, the border pixel closer).
+# 2. **Derive.** A box from x1 = 5 to x2 = 100 image pixels at stride 16: RoIPool rounds
+#    both ends to feature pixels and keeps both end pixels. How many image pixels wide is
+#    the region it reads?
+# 3. **Implement.** `roi_align(input, rois, output_size, spatial_scale, sampling_ratio)` for
+#    `aligned=False`: the mean of `sampling_ratio`² samples per bin, from your `bilinear`.
+# 4. **Predict, then run.** At stride 32, does RoIPool stray further from a 40 px box than at
+#    stride 16? Set `stride=32` in the explorer and read the misalignment line.
+
+# %%
+from fpnbook import exercises
+
+def my_bilinear(values, y, x):
+    raise NotImplementedError  # your code here
+
+
+def my_roi_align(input, rois, output_size, spatial_scale, sampling_ratio):
+    raise NotImplementedError  # your code here
+
+
+exercises.check("ch3.bilinear", my_bilinear)
+exercises.check("ch3.roipool_region", None)  # your number in place of None
+exercises.check("ch3.roi_align", my_roi_align)

@@ -428,3 +428,35 @@ for c in B:
 # save the `B->A` heads too (`save_chapter_models`) and compare their pictures; or make
 # the shapes' masks depend on their class (a hole in some, not in others) and see whether
 # transfer starts to beat the class-agnostic head.
+
+# %% [markdown]
+# ## Exercises (`fpnbook.exercises`)
+#
+# `exercises.check(name, answer)` checks an answer: a number within a tolerance, or your
+# function against the library's on random and edge cases, printing pass or the first
+# failing case with both answers. Replace each `None` or `raise NotImplementedError`, then
+# run the cell again. The solutions are in `fpnbook/solutions.py`; look after trying.
+#
+# 1. **Implement.** The linear transfer function `T`: `transfer(omega, weight, bias)` maps
+#    each class's detection weights `ω_c` [D] to mask weights `τ_c` [M].
+# 2. **Derive.** How many parameters a linear `T` has for 'cls+box' inputs, representation
+#    size 256 and a 64-channel mask feature.
+# 3. **Implement.** `has_mask(labels, mask_classes)`: which objects train a Mask^X R-CNN's
+#    mask branch.
+# 4. **Predict, then run.** Without stop-gradient, will the mask loss reach the box weights
+#    of the classes without masks? Rerun section 4 with `stop=False` and read the printout.
+
+# %%
+from fpnbook import exercises
+
+def my_transfer(omega, weight, bias):
+    raise NotImplementedError  # your code here
+
+
+def my_has_mask(labels, mask_classes):
+    raise NotImplementedError  # your code here
+
+
+exercises.check("ch4.linear_transfer", my_transfer)
+exercises.check("ch4.theta_size", None)  # your number in place of None
+exercises.check("ch4.has_mask", my_has_mask)

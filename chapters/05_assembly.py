@@ -704,3 +704,32 @@ for name, card in cards.items():
 # AMP and pinned memory), and a longer pretraining: the backbone's card shows it still
 # names shapes far less well than it finds them, and every detector inherits that.
 # Small objects are where a short run loses most (the recall-by-size table above).
+
+# %% [markdown]
+# ## Exercises (`fpnbook.exercises`)
+#
+# `exercises.check(name, answer)` checks an answer: a number within a tolerance, or your
+# function against the library's on random and edge cases, printing pass or the first
+# failing case with both answers. Replace each `None` or `raise NotImplementedError`, then
+# run the cell again. The solutions are in `fpnbook/solutions.py`; look after trying.
+#
+# 1. **Implement.** `to_coco(output, image_id, label_to_cat_id)`: a model's detections for
+#    one image as COCO result dicts, boxes as `[x, y, w, h]`.
+# 2. **Derive.** A batch of 4 images, 128 RoIs sampled per image with at most 25%
+#    foreground: how many foreground RoIs can the box head see per step?
+# 3. **Predict, then run.** Train on the other split of classes and read the AP table. Will
+#    Mask^X R-CNN's mask AP on its box-only classes be closer to its mask classes' than
+#    here? `python -m fpnbook pretrain --out runs/bb_b --mask-classes 2,4,5,7`, then
+#    `python -m fpnbook train --model mask_x_rcnn --mask-classes 2,4,5,7 --init
+#    runs/bb_b/backbone.pt --out runs/mx_b`, then `python -m fpnbook eval --checkpoint
+#    runs/mx_b/last.pt` (about an hour on a laptop CPU).
+
+# %%
+from fpnbook import exercises
+
+def my_to_coco(output, image_id, label_to_cat_id):
+    raise NotImplementedError  # your code here
+
+
+exercises.check("ch5.to_coco", my_to_coco)
+exercises.check("ch5.rois_sampled", None)  # your number in place of None

@@ -26,7 +26,7 @@ LAYERS = [
     ("data", {"data"}),
     ("training", {"train"}),
     ("pretraining", {"pretrain"}),
-    ("front ends", {"cli", "widgets.focal", "widgets.roi", "widgets"}),
+    ("front ends", {"cli", "widgets.focal", "widgets.roi", "widgets", "exercises", "solutions"}),
     ("python -m fpnbook", {"__main__"}),
 ]
 LAYER = {module: rank for rank, (_, modules) in enumerate(LAYERS) for module in modules}
