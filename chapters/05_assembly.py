@@ -53,6 +53,7 @@ from fpnbook.boxes import box_iou
 from fpnbook.evaluate import coco_evaluate, format_table, to_coco_results
 from fpnbook.fpn import FPN, BackboneWithFPN, LastLevelMaxPool
 from fpnbook.images import batch_images
+from fpnbook.interop import to_torchvision
 from fpnbook.labelme import labelme_to_coco
 from fpnbook.poolers import MultiScaleRoIAlign
 from fpnbook.rcnn import MaskRCNN
@@ -79,7 +80,9 @@ torch.manual_seed(0)
 body = resnet_tiny()                                                          # ch. 1: C2..C5, strides 4..32
 backbone = BackboneWithFPN(body, FPN(body.out_channels, 64, LastLevelMaxPool()))  # ch. 1: P2..P6
 anchors = AnchorGenerator(SMALL_ANCHOR_SIZES, [ASPECT_RATIOS] * 5)            # ch. 1: one size per level
-rpn = RegionProposalNetwork(anchors, RPNHead(64, 3))                          # ch. 1: proposals per level
+rpn = RegionProposalNetwork(anchors, RPNHead(64, 3),                         # ch. 1: proposals per level
+                            pre_nms_top_n=dict(training=600, testing=1000),   # sized for 256 px (section 3)
+                            post_nms_top_n=dict(training=300, testing=1000))
 levels = ["p2", "p3", "p4", "p5"]                                             # RoIs never pool from P6
 heads = RoIHeads(
     MultiScaleRoIAlign(levels, 7, 2, canonical_scale=112),                   # ch. 3: RoIAlign per FPN level
@@ -88,12 +91,27 @@ heads = RoIHeads(
     mask_roi_pool=MultiScaleRoIAlign(levels, 14, 2, canonical_scale=112),
     mask_head=MaskHead(64, (64,) * 4),                                        # ch. 3: the 4-conv mask head
     mask_predictor=MaskPredictor(64, 64, NUM_CLASSES + 1),                    # 28x28 mask logits per class
+    batch_size_per_image=128,                                                 # RoIs sampled per image
 )
 by_hand = MaskRCNN(backbone, rpn=rpn, roi_heads=heads)
 built = models.build(models.ModelConfig(kind="mask_rcnn", num_classes=NUM_CLASSES))
 same = {k: tuple(v.shape) for k, v in by_hand.state_dict().items()} == {k: tuple(v.shape) for k, v in built.state_dict().items()}
 assert same
 print("by hand == models.build (every weight's name and shape):", same)
+
+# The same weights in both: then the same losses in training and the same detections in eval.
+by_hand.load_state_dict(built.state_dict())
+image, target = val_set[0]
+target = {k: target[k] for k in ("boxes", "labels", "masks")}
+losses = {}
+for name, model in (("by hand", by_hand), ("build", built)):
+    torch.manual_seed(0)  # the RPN and RoI samplers draw random numbers
+    losses[name] = {k: round(v.item(), 6) for k, v in model.train()([image], [target]).items()}
+with torch.no_grad():
+    hand_out, built_out = by_hand.eval()([image])[0], built.eval()([image])[0]
+assert losses["by hand"] == losses["build"] and all(torch.equal(hand_out[k], built_out[k]) for k in built_out)
+print("training losses, both:", losses["build"])
+print(f"eval detections, both: {len(built_out['boxes'])} boxes, identical")
 
 
 def count(module: torch.nn.Module) -> int:
@@ -657,6 +675,31 @@ viz.show_grid([viz.draw_detections(*own_set[i], class_names=own_set.class_names)
 # implementations, not a finished model.
 # What differs is the code: our RPN, matching, sampling and pure-PyTorch RoIAlign
 # against torchvision's. Speed is timed on the same machine, the two models taking turns.
+
+# %% [markdown]
+# First an equality: the shipped checkpoint's weights in torchvision's `MaskRCNN`
+# (`fpnbook.interop.to_torchvision`, the book's one bridge to torchvision) give the same
+# detections and, in training mode, the same losses on the same image.
+
+# %%
+shipped, _ = cli.load_model(CHECKPOINTS / "mask_rcnn.pt")
+twin = to_torchvision(shipped, 256)
+image, target = val_set[1]
+target = {k: target[k] for k in ("boxes", "labels", "masks")}
+with torch.no_grad():
+    ours_out, their_out = shipped.eval()([image])[0], twin.eval()([image])[0]
+assert torch.equal(ours_out["labels"], their_out["labels"])
+for key in ("boxes", "scores", "masks"):
+    torch.testing.assert_close(ours_out[key], their_out[key], rtol=1e-4, atol=1e-4)
+torch.manual_seed(5)
+their_losses = twin.train()([image], [dict(target)])
+torch.manual_seed(5)
+torch.empty(1).uniform_(0.0, 1.0)  # torchvision's transform draws one number per image to pick a size
+our_losses = shipped.train()([image], [target])
+for key in our_losses:
+    torch.testing.assert_close(our_losses[key], their_losses[key], rtol=1e-4, atol=1e-5)
+print(f"eval: {len(ours_out['boxes'])} detections, the same in both (boxes, scores, labels, masks)")
+print("training losses, fpnbook == torchvision:", {k: round(v.item(), 4) for k, v in our_losses.items()})
 
 # %%
 compare = json.loads((ROOT / "experiments" / "results" / "torchvision_compare.json").read_text())
