@@ -28,6 +28,13 @@
 # Conventions used throughout (`fpnbook.boxes`): a box is `(x1, y1, x2, y2)` in
 # input-image pixels; labels run `1..8` with `0` for background.
 
+# %% [markdown]
+# **Papers.** The book follows four: [FPN](https://arxiv.org/abs/1612.03144) (chapter 1),
+# [focal loss and RetinaNet](https://arxiv.org/abs/1708.02002) (chapter 2),
+# [Mask R-CNN](https://arxiv.org/abs/1703.06870) (chapters 3 and 5) and
+# [Learning to Segment Every Thing](https://arxiv.org/abs/1711.10370) (chapter 4). This
+# chapter's AP is the one of the [COCO paper](https://arxiv.org/abs/1405.0312) and its
+# evaluation code (pycocotools).
 # %%
 # %matplotlib inline
 import json

@@ -37,6 +37,11 @@
 # Boxes are `(x1, y1, x2, y2)` in input-image pixels (`fpnbook.boxes`); a map of level
 # `k` (`ck` or `pk`) has stride `2**k`.
 
+# %% [markdown]
+# **Paper.** Lin et al., [Feature Pyramid Networks for Object Detection](https://arxiv.org/abs/1612.03144):
+# Fig. 1 (the four designs, section 2), Sec. 3 (the top-down pathway and lateral
+# connections, section 3), Sec. 4.1 (one anchor scale per level, section 4), Eq. 1 of
+# Sec. 4.2 (which level pools a RoI, section 5) and Table 1 (section 6).
 # %%
 import contextlib
 import io

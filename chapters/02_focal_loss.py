@@ -37,6 +37,11 @@
 # Conventions (`fpnbook.boxes`): boxes are `(x1, y1, x2, y2)` in input-image pixels;
 # labels run `1..8`, `0` is background. Level `Pk` has stride `2**k`.
 
+# %% [markdown]
+# **Paper.** Lin et al., [Focal Loss for Dense Object Detection](https://arxiv.org/abs/1708.02002):
+# Sec. 4 and Fig. 3 (RetinaNet, section 1), Sec. 3 (cross entropy, α-balancing and the
+# focal loss, sections 2-3), Fig. 4 (section 4), Sec. 3.3 and 4.1 (the prior π, section 6)
+# and Table 1a-b (section 7).
 # %%
 # %matplotlib inline
 import json

@@ -29,6 +29,11 @@
 # 5. **Your own data**: COCO format, converting labelme files, the command line.
 # 6. **fpnbook against torchvision**: the same Mask R-CNN, weights, data and schedule.
 
+# %% [markdown]
+# **Papers.** [Mask R-CNN](https://arxiv.org/abs/1703.06870) Sec. 3 and its "Implementation
+# Details" (the assembly and its training), [FPN](https://arxiv.org/abs/1612.03144) Sec. 4
+# (the RPN and RoI heads on a pyramid), [RetinaNet](https://arxiv.org/abs/1708.02002) Sec. 4
+# and [Learning to Segment Every Thing](https://arxiv.org/abs/1711.10370) Sec. 3 (Mask^X R-CNN).
 # %%
 # %matplotlib inline
 import contextlib
