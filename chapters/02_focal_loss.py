@@ -69,8 +69,11 @@ print("fpnbook", fpnbook.__version__, "| torch", torch.__version__, "| torchvisi
 # RetinaNet is chapter 1's feature pyramid with a different head. The ResNet body gives
 # C3–C5; the FPN turns them into P3–P5 and adds P6 (a stride-2 conv on C5) and P7 (one
 # more on P6), so the pyramid runs from stride 8 to stride 128. At every position of
-# every level sit **9 anchors**: aspect ratios 1:2, 1:1, 2:1 at three scales an octave
-# apart (`2**0`, `2**(1/3)`, `2**(2/3)` times the level's base size). Two small fully
+# every level sit **9 anchors**: aspect ratios 1:2, 1:1, 2:1 at three scales within one
+# octave (`2**0`, `2**(1/3)`, `2**(2/3)` times the level's base size, a third of an octave
+# apart). The paper's base sizes run from 32² on P3 to 512² on P7, four times each
+# level's stride, for 800 px images; ours run from 16² to 256² (twice the stride, printed
+# below), because our 256 px images hold objects from 8 px up. Two small fully
 # convolutional subnets, shared by all levels, read each map: the **classification
 # subnet** gives `A·K` sigmoid scores per position (one per anchor and class; no
 # background class), the **box subnet** `A·4` box deltas. The paper uses ResNet-50,
@@ -187,6 +190,36 @@ print(f"fpnbook {ours.item():.4f} | torchvision {theirs.item():.4f}")
 assert torch.allclose(ours, theirs)
 assert torch.allclose(sigmoid_focal_loss(logits, labels, alpha=-1, gamma=0.0),
                       torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="none"))
+
+# %% [markdown]
+# The loss by hand, from the formula. `log p_t` must not be computed as `log(sigmoid(x))`,
+# which is `-inf` once `sigmoid(x)` rounds to 0: it is the negative of the binary cross
+# entropy on logits, `max(x, 0) − x t + log(1 + exp(−|x|))`, finite for any `x`. The result
+# equals fpnbook's and torchvision's, and so do the gradients with respect to the logits.
+
+# %%
+def focal_loss_by_hand(x: torch.Tensor, t: torch.Tensor, alpha: float, gamma: float) -> torch.Tensor:
+    log_pt = -(x.clamp(min=0) - x * t + torch.log1p(torch.exp(-x.abs())))  # log p_t, stable
+    p = torch.sigmoid(x)
+    one_minus_pt = p * (1 - t) + (1 - p) * t
+    alpha_t = alpha * t + (1 - alpha) * (1 - t)
+    return -alpha_t * one_minus_pt**gamma * log_pt
+
+
+x = (8 * torch.randn(400, generator=torch.Generator().manual_seed(1))).requires_grad_()
+t = (torch.rand(400, generator=torch.Generator().manual_seed(2)) < 0.2).float()
+grads = {}
+for name, loss_fn in (("by hand", focal_loss_by_hand), ("fpnbook", sigmoid_focal_loss),
+                      ("torchvision", torchvision.ops.sigmoid_focal_loss)):
+    loss = loss_fn(x, t, 0.25, 2.0).sum()
+    grads[name], = torch.autograd.grad(loss, x)
+    print(f"{name:<12} loss {loss.item():.6f}")
+assert torch.allclose(grads["by hand"], grads["fpnbook"], atol=1e-6)
+assert torch.allclose(grads["by hand"], grads["torchvision"], atol=1e-6)
+extreme = torch.tensor([60.0, -60.0])
+print("at logits ±60, targets 0 and 1:", focal_loss_by_hand(extreme, torch.tensor([0.0, 1.0]), 0.25, 2.0).tolist())
+print("gradients agree, largest difference:",
+      f"{max((grads['by hand'] - g).abs().max().item() for g in grads.values()):.1e}")
 
 # %% [markdown]
 # The paper's Figure 1: the loss against `p_t` for several γ (no α). With γ = 0 it is the

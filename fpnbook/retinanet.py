@@ -1,7 +1,7 @@
 """RetinaNet (Lin et al. 2017): a one-stage detector that works because of the focal loss.
 
 Images -> backbone + FPN (P3..P7, strides 8..128) -> at every pixel of every level
-``A = 9`` anchors (3 aspect ratios x 3 scales an octave apart) -> two small subnets
+``A = 9`` anchors (3 aspect ratios x 3 scales a third of an octave apart) -> two small subnets
 shared across levels: one scores each anchor for each of the ``K`` classes (sigmoids,
 no background class), one regresses each anchor's box. Training labels anchors by
 IoU (>= 0.5 foreground, < 0.4 background, ignored between) and sums the focal loss
