@@ -35,6 +35,7 @@
 # [Learning to Segment Every Thing](https://arxiv.org/abs/1711.10370) (chapter 4). This
 # chapter's AP is the one of the [COCO paper](https://arxiv.org/abs/1405.0312) and its
 # evaluation code (pycocotools).
+
 # %%
 # %matplotlib inline
 import json

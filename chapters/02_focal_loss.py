@@ -42,6 +42,7 @@
 # Sec. 4 and Fig. 3 (RetinaNet, section 1), Sec. 3 (cross entropy, α-balancing and the
 # focal loss, sections 2-3), Fig. 4 (section 4), Sec. 3.3 and 4.1 (the prior π, section 6)
 # and Table 1a-b (section 7).
+
 # %%
 # %matplotlib inline
 import json

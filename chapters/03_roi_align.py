@@ -40,6 +40,7 @@
 # **Paper.** He et al., [Mask R-CNN](https://arxiv.org/abs/1703.06870): Sec. 3, "RoIAlign" and
 # Fig. 3 (sections 1-4), and Table 2c/2d (RoIPool against RoIAlign at stride 16 and 32,
 # section 7).
+
 # %%
 # %matplotlib inline
 import inspect

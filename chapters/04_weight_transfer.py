@@ -40,6 +40,7 @@
 # **Paper.** Hu et al., [Learning to Segment Every Thing](https://arxiv.org/abs/1711.10370):
 # Sec. 3.1 (the weight transfer function and stop-gradient, sections 3-4), Sec. 3.2 (the
 # fused class-agnostic MLP, section 5) and Table 1 (section 6).
+
 # %%
 # %matplotlib inline
 import json

@@ -34,6 +34,7 @@
 # Details" (the assembly and its training), [FPN](https://arxiv.org/abs/1612.03144) Sec. 4
 # (the RPN and RoI heads on a pyramid), [RetinaNet](https://arxiv.org/abs/1708.02002) Sec. 4
 # and [Learning to Segment Every Thing](https://arxiv.org/abs/1711.10370) Sec. 3 (Mask^X R-CNN).
+
 # %%
 # %matplotlib inline
 import contextlib
