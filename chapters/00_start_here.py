@@ -256,15 +256,20 @@ assert abs(by_hand - official["AP"]) < 1e-9
 assert abs(per_threshold[0] - official["AP50"]) < 1e-9 and abs(per_threshold[5] - official["AP75"]) < 1e-9
 
 # %% [markdown]
-# The precision-recall curves behind those numbers, for one class at three thresholds.
-# The area under each curve is that threshold's AP.
+# The precision-recall curves behind those numbers, for one class at three thresholds
+# (solid), and the monotone envelope AP is computed from (dashed): at each recall, the
+# best precision at that recall or any higher one. The area under each envelope, sampled
+# at 101 recalls, is that threshold's AP.
 
 # %%
 category = 1
 fig, ax = plt.subplots(figsize=(5, 3.5), dpi=80)
-for t in (0.5, 0.75, 0.9):
+for i, t in enumerate((0.5, 0.75, 0.9)):
     recall, precision = precision_recall(category, t)
-    ax.step(recall, precision, where="post", label=f"IoU {t}: AP {average_precision(category, t):.2f}")
+    envelope = np.maximum.accumulate(precision[::-1])[::-1]
+    assert (envelope >= precision).all() and (np.diff(envelope) <= 0).all()
+    ax.step(recall, precision, where="post", color=f"C{i}", label=f"IoU {t}: AP {average_precision(category, t):.2f}")
+    ax.step(recall, envelope, where="post", color=f"C{i}", ls="--", lw=1)
 ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.05),
        title=f"class '{dataset.class_names[dataset.cat_id_to_label[category]]}'")
 ax.legend()
