@@ -47,6 +47,7 @@
 import contextlib
 import io
 import json
+import math
 import statistics
 import sys
 import time
@@ -63,8 +64,8 @@ from matplotlib import patches
 from torch.utils.flop_counter import FlopCounterMode
 
 import fpnbook
-from fpnbook import anchors, backbone, boxes, data, fpn, images, models, poolers, rpn, viz
-from fpnbook.interop import load_torchvision_fpn
+from fpnbook import anchors, backbone, boxes, cli, data, fpn, images, models, poolers, rpn, viz
+from fpnbook.interop import load_torchvision_fpn, to_torchvision
 
 sys.path.insert(0, str(Path.cwd().parent))  # the repository root, for experiments/
 torch.set_num_threads(2)
@@ -410,6 +411,40 @@ for name, levels in designs_anchors.items():
     print(f"{name}: {sum(len(a) for a in levels)} anchors per image")
 
 # %% [markdown]
+# The anchors by hand. For a size `s` and an aspect ratio `r = h / w`, the zero-centred
+# anchor keeps the area `s²`: `w = s / √r`, `h = s √r`, rounded to whole pixels as
+# torchvision rounds them. Each level then repeats its anchors at every pixel `(i, j)` of
+# its map, shifted by `(j s_k, i s_k)` for stride `s_k`, the `A` anchors of a pixel
+# together, rows in order. The same numbers as `fpnbook.anchors.AnchorGenerator` and
+# torchvision's `AnchorGenerator`:
+
+# %%
+def anchors_by_hand(size: float, ratios, stride: int, grid: tuple[int, int]) -> torch.Tensor:
+    cell = []
+    for r in ratios:
+        w, h = size / math.sqrt(r), size * math.sqrt(r)
+        cell.append([round(-w / 2), round(-h / 2), round(w / 2), round(h / 2)])
+    cell = torch.tensor(cell, dtype=torch.float32)
+    ys, xs = torch.meshgrid(torch.arange(grid[0]) * stride, torch.arange(grid[1]) * stride, indexing="ij")
+    shifts = torch.stack([xs, ys, xs, ys], dim=-1).reshape(-1, 1, 4).float()
+    return (shifts + cell).reshape(-1, 4)
+
+
+from torchvision.models.detection.anchor_utils import AnchorGenerator as TorchvisionAnchorGenerator
+from torchvision.models.detection.image_list import ImageList
+
+grids = [(256 // s, 256 // s) for s in level_strides]
+fmaps = [torch.empty(1, 1, *g) for g in grids]
+ours_levels = generator.anchors_per_level((256, 256), fmaps)
+theirs_all = TorchvisionAnchorGenerator(rpn.SMALL_ANCHOR_SIZES, [anchors.ASPECT_RATIOS] * 5)(
+    ImageList(torch.empty(1, 3, 256, 256), [(256, 256)]), fmaps)[0]
+by_hand_levels = [anchors_by_hand(size, anchors.ASPECT_RATIOS, stride, grid)
+                  for (size,), stride, grid in zip(rpn.SMALL_ANCHOR_SIZES, level_strides, grids)]
+assert all(torch.equal(a, b) for a, b in zip(by_hand_levels, ours_levels))
+assert torch.equal(torch.cat(by_hand_levels), theirs_all)
+print(f"{len(theirs_all)} anchors: by hand == fpnbook == torchvision; the first of P3:", by_hand_levels[1][:3].tolist())
+
+# %% [markdown]
 # How well do the anchors cover our objects? For every object and every level, the
 # best IoU of any anchor of that level; the RPN trains an anchor as positive at IoU ≥ 0.7
 # (and lets each object keep its best anchor even below that). Left: the three anchors
@@ -457,7 +492,73 @@ assert coverage["FPN P2-P6"] > coverage["C4 alone"] > coverage["C5 alone"]
 # C4 is placed only every 16 pixels, so a 10-pixel object that falls between two
 # anchor centres overlaps neither well; on P2 the same anchor size is placed every 4
 # pixels. On C5 the spacing is 32 pixels and most small objects have no anchor at IoU 0.5.
+
+# %% [markdown]
+# ### The RPN by hand (`fpnbook.rpn`)
 #
+# With anchors in place, the Region Proposal Network is a small head and some
+# bookkeeping. We take the RPN of the shipped Mask R-CNN (`checkpoints/mask_rcnn.pt`,
+# trained on the generated shapes) and rebuild its proposals for one validation image:
+#
+# 1. **the shared head**, on every level: a 3x3 conv and ReLU, then a 1x1 conv to one
+#    objectness logit per anchor and another to 4 deltas per anchor;
+# 2. **flatten** each level to its anchors' order (row by row, the `A` anchors of a pixel
+#    together) and **decode** each anchor's deltas into a box: `x = x_a + dx w_a`,
+#    `w = w_a exp(dw)` (dw clamped at `log(1000/16)`), the same for y and h;
+# 3. per level, keep the **top 1000** by objectness; **clip** to the image, drop boxes
+#    under 0.001 px, **NMS at IoU 0.7 within each level**, then keep the best 1000 overall.
+
+# %%
+trained, _ = cli.load_model(Path.cwd().parent / "checkpoints" / "mask_rcnn.pt")
+image = val[0][0]
+batch1, sizes1 = images.batch_images([image])
+with torch.no_grad():
+    features = trained.backbone(batch1)
+    head = trained.rpn.head
+    level_anchors = trained.rpn.anchor_generator.anchors_per_level(tuple(batch1.shape[-2:]), features)
+    candidates = []
+    for fmap, anchor in zip(features.values(), level_anchors):
+        hidden = F.relu(F.conv2d(fmap, head.conv.weight, head.conv.bias, padding=1))   # 1. the shared head
+        logits = F.conv2d(hidden, head.objectness.weight, head.objectness.bias)        # [1, A, H, W]
+        deltas = F.conv2d(hidden, head.deltas.weight, head.deltas.bias)                # [1, 4A, H, W]
+        A, H, W = logits.shape[1:]
+        logits = logits.permute(0, 2, 3, 1).reshape(-1)                                # 2. anchors' order
+        deltas = deltas.view(1, A, 4, H, W).permute(0, 3, 4, 1, 2).reshape(-1, 4)
+        top = logits.topk(min(1000, len(logits))).indices                             # 3. top-k per level
+        a, d = anchor[top], deltas[top]
+        wa, ha = a[:, 2] - a[:, 0], a[:, 3] - a[:, 1]
+        xa, ya = a[:, 0] + wa / 2, a[:, 1] + ha / 2
+        dw, dh = d[:, 2].clamp(max=math.log(1000 / 16)), d[:, 3].clamp(max=math.log(1000 / 16))
+        x, y, w, h = xa + d[:, 0] * wa, ya + d[:, 1] * ha, wa * torch.exp(dw), ha * torch.exp(dh)
+        decoded = torch.stack([x - w / 2, y - h / 2, x + w / 2, y + h / 2], 1)
+        decoded[:, 0::2] = decoded[:, 0::2].clamp(0, sizes1[0][1])                   # clip to the image
+        decoded[:, 1::2] = decoded[:, 1::2].clamp(0, sizes1[0][0])
+        big = ((decoded[:, 2] - decoded[:, 0]) >= 1e-3) & ((decoded[:, 3] - decoded[:, 1]) >= 1e-3)
+        decoded, score = decoded[big], torch.sigmoid(logits[top][big])
+        keep = torchvision.ops.nms(decoded, score, 0.7)                                # NMS within the level
+        candidates.append((decoded[keep], score[keep]))
+    by_hand_boxes = torch.cat([b for b, _ in candidates])
+    by_hand_scores = torch.cat([s for _, s in candidates])
+    best = by_hand_scores.argsort(descending=True, stable=True)[:1000]                # the best 1000 overall
+    by_hand_boxes, by_hand_scores = by_hand_boxes[best], by_hand_scores[best]
+
+    ours = trained.rpn.propose(batch1, sizes1, features)[0]
+    theirs_boxes, _ = to_torchvision(trained, 256).rpn.eval()(ImageList(batch1, sizes1), features)
+assert torch.allclose(by_hand_boxes, ours["boxes"], atol=1e-4) and torch.allclose(by_hand_scores, ours["scores"])
+assert torch.allclose(ours["boxes"], theirs_boxes[0], atol=1e-4)
+print(f"{len(by_hand_boxes)} proposals: by hand == fpnbook.rpn == torchvision's RegionProposalNetwork")
+print("kept per level after NMS:", {name: len(b) for name, (b, _) in zip(features, candidates)})
+
+fig, axes = plt.subplots(1, 2, figsize=(8, 4), dpi=80, layout="constrained")
+for ax, count in zip(axes, (10, 100)):
+    ax.imshow(image.permute(1, 2, 0))
+    for x1, y1, x2, y2 in by_hand_boxes[:count].tolist():
+        ax.add_patch(patches.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec="yellow", lw=0.8))
+    ax.set_title(f"the best {count} proposals", fontsize=9)
+    ax.set_axis_off()
+plt.show()
+
+# %% [markdown]
 # ## 5. Which level pools a RoI (`fpnbook.poolers`)
 #
 # A two-stage detector pools each region of interest (RoI) from one pyramid level.
