@@ -31,6 +31,8 @@
 # 5. **How far RoIPool strays**, against stride and box size.
 # 6. **An explorer** (`fpnbook.widgets.roi`) for any box on a photograph.
 # 7. **The paper's Table 2c/2d in miniature**: the same mask head on RoIPool and RoIAlign features.
+# 8. **The second stage by hand** (`fpnbook.roi_heads`): matching, sampling, the box head, its
+#    losses and post-processing, each checked against fpnbook and torchvision.
 #
 # Conventions (`fpnbook.boxes`): boxes are `(x1, y1, x2, y2)` in input-image pixels; a
 # feature map of stride `s` has `spatial_scale = 1 / s`, and its pixel `i` covers image
@@ -52,11 +54,15 @@ import matplotlib.pyplot as plt
 import numpy as np
 import skimage.data
 import torch
+import torch.nn.functional as F
 import torchvision
 from matplotlib.patches import Rectangle
 
 import fpnbook
+from fpnbook import cli, data, images
+from fpnbook.interop import to_torchvision
 from fpnbook.ops import roi_align, roi_pool
+from fpnbook.roi_heads import fast_rcnn_loss
 from fpnbook.widgets.roi import EXAMPLE, misalignment_text, roi_explorer, roi_explorer_state, roipool_bins
 
 ROOT = Path.cwd().parent  # the repository root (the notebook runs in chapters/)
@@ -495,6 +501,97 @@ if {"pool_s16", "align_s16", "pool_s32", "align_s32"} <= set(finished):
             ("the gain is largest at AP75", gap[32, "AP75"] > gap[32, "AP"],
              f"{gap[32, 'AP75']:+.1f} at AP75 against {gap[32, 'AP']:+.1f} at AP, stride 32")):
         print(f"verdict: {claim}: {'reproduced' if held else 'not reproduced here'} ({numbers})")
+
+# %% [markdown]
+# ## 8. The second stage by hand (`fpnbook.roi_heads`)
+#
+# RoIAlign is one step of Mask R-CNN's second stage. Here is the whole stage of the shipped
+# Mask R-CNN (`checkpoints/mask_rcnn.pt`) on one validation image, by hand, each step
+# checked against `fpnbook.roi_heads.RoIHeads` and torchvision's `RoIHeads` with the same
+# weights:
+#
+# 1. **Match** every proposal (the ground-truth boxes added, so each object has positives)
+#    to its best ground truth: IoU ≥ 0.5 is foreground with that object's class, below is
+#    background; then **sample** 128 RoIs per image, at most 25% foreground.
+# 2. **The box head**: RoIAlign 7x7 on the RoI's FPN level, two fully connected layers with
+#    ReLU (fc6, fc7), then per RoI `K + 1` class scores and `4 (K + 1)` class-specific deltas.
+# 3. **The losses**: cross entropy over all sampled RoIs; smooth L1 (β = 1/9) on the
+#    ground-truth class's deltas of the foreground RoIs, divided by the number of all RoIs.
+# 4. **Post-processing** at inference: softmax, decode each class's box (weights 10, 10, 5,
+#    5), clip, drop the background column and scores ≤ 0.05, NMS at 0.5 per class, keep 100.
+
+# %%
+trained, _ = cli.load_model(ROOT / "checkpoints" / "mask_rcnn.pt")
+heads = trained.roi_heads
+val_set = data.CocoDataset(*data.val_paths())
+val_image, val_target = val_set[2]
+batch, sizes = images.batch_images([val_image])
+with torch.no_grad():
+    features = trained.backbone(batch)
+    proposals = [trained.rpn.propose(batch, sizes, features)[0]["boxes"]]
+
+    # 1. Matching and sampling.
+    candidates = torch.cat([proposals[0], val_target["boxes"]])
+    iou = torchvision.ops.box_iou(val_target["boxes"], candidates)                      # [G, P]
+    best_iou, best_gt = iou.max(dim=0)
+    labels = torch.where(best_iou >= 0.5, val_target["labels"][best_gt], 0)
+    ours_matched, ours_labels = heads.assign_targets(candidates, val_target["boxes"], val_target["labels"])
+    assert torch.equal(labels, ours_labels) and torch.equal(best_gt[labels > 0], ours_matched[labels > 0])
+    torch.manual_seed(0)
+    rois, matched, sampled_labels, regression_targets = heads.select_training_samples(proposals, [val_target])
+    foreground = int((sampled_labels[0] > 0).sum())
+    assert len(rois[0]) <= 128 and foreground <= 0.25 * 128
+    print(f"{len(candidates)} candidates, {int((labels > 0).sum())} of them foreground at IoU >= 0.5; "
+          f"sampled {len(rois[0])} RoIs, {foreground} foreground")
+
+    # 2. The box head.
+    pooled = heads.box_roi_pool(features, rois, sizes)                                # [R, C, 7, 7]
+    x = F.relu(F.linear(pooled.flatten(1), heads.box_head.fc6.weight, heads.box_head.fc6.bias))
+    x = F.relu(F.linear(x, heads.box_head.fc7.weight, heads.box_head.fc7.bias))
+    class_logits = F.linear(x, heads.box_predictor.cls_score.weight, heads.box_predictor.cls_score.bias)
+    box_regression = F.linear(x, heads.box_predictor.bbox_pred.weight, heads.box_predictor.bbox_pred.bias)
+    ours_logits, ours_deltas = heads.box_predictor(heads.box_head(pooled))
+    assert torch.allclose(class_logits, ours_logits, atol=1e-5) and torch.allclose(box_regression, ours_deltas, atol=1e-5)
+
+    # 3. The losses.
+    y, t = sampled_labels[0], regression_targets[0]
+    loss_classifier = F.cross_entropy(class_logits, y)
+    fg = torch.where(y > 0)[0]
+    fg_deltas = box_regression.view(len(y), -1, 4)[fg, y[fg]]                        # the true class's 4 deltas
+    loss_box_reg = F.smooth_l1_loss(fg_deltas, t[fg], beta=1 / 9, reduction="sum") / len(y)
+    ours_cls, ours_box = fast_rcnn_loss(class_logits, box_regression, sampled_labels, regression_targets)
+    assert torch.allclose(loss_classifier, ours_cls) and torch.allclose(loss_box_reg, ours_box)
+    print(f"loss_classifier {loss_classifier:.4f}, loss_box_reg {loss_box_reg:.4f}: by hand == fpnbook")
+
+    # 4. Post-processing, on all proposals as at inference.
+    pooled = heads.box_roi_pool(features, proposals, sizes)
+    logits, deltas = heads.box_predictor(heads.box_head(pooled))
+    scores = F.softmax(logits, dim=-1)                                                 # [P, K + 1]
+    p = proposals[0]
+    wp, hp = p[:, 2] - p[:, 0], p[:, 3] - p[:, 1]
+    cx, cy = p[:, 0] + wp / 2, p[:, 1] + hp / 2
+    d = deltas.view(len(p), -1, 4) / torch.tensor([10.0, 10.0, 5.0, 5.0])
+    dw, dh = d[..., 2].clamp(max=math.log(1000 / 16)), d[..., 3].clamp(max=math.log(1000 / 16))
+    x_c, y_c = cx[:, None] + d[..., 0] * wp[:, None], cy[:, None] + d[..., 1] * hp[:, None]
+    w, h = wp[:, None] * torch.exp(dw), hp[:, None] * torch.exp(dh)
+    decoded = torch.stack([x_c - w / 2, y_c - h / 2, x_c + w / 2, y_c + h / 2], dim=-1)    # [P, K + 1, 4]
+    decoded[..., 0::2] = decoded[..., 0::2].clamp(0, sizes[0][1])
+    decoded[..., 1::2] = decoded[..., 1::2].clamp(0, sizes[0][0])
+    classes = torch.arange(scores.shape[1]).expand_as(scores)
+    boxes_c, scores_c, labels_c = decoded[:, 1:].reshape(-1, 4), scores[:, 1:].reshape(-1), classes[:, 1:].reshape(-1)
+    keep = scores_c > 0.05
+    boxes_c, scores_c, labels_c = boxes_c[keep], scores_c[keep], labels_c[keep]
+    keep = ((boxes_c[:, 2] - boxes_c[:, 0]) >= 1e-2) & ((boxes_c[:, 3] - boxes_c[:, 1]) >= 1e-2)
+    boxes_c, scores_c, labels_c = boxes_c[keep], scores_c[keep], labels_c[keep]
+    keep = torchvision.ops.batched_nms(boxes_c, scores_c, labels_c, 0.5)[:100]
+    by_hand = boxes_c[keep], scores_c[keep], labels_c[keep]
+    ours = [v[0] for v in heads.postprocess_detections(logits, deltas, proposals, sizes)]
+    twin = to_torchvision(trained, 256)
+    theirs = [v[0] for v in twin.roi_heads.postprocess_detections(logits, deltas, proposals, sizes)]
+for a, b, c in zip(by_hand, ours, theirs):
+    assert torch.allclose(a.float(), b.float(), atol=1e-4) and torch.allclose(b.float(), c.float(), atol=1e-4)
+print(f"{len(by_hand[0])} detections: by hand == fpnbook.roi_heads == torchvision's RoIHeads; "
+      f"best: {val_set.class_names[int(by_hand[2][0])]} at {by_hand[1][0]:.2f}")
 
 # %% [markdown]
 # **What to take away.** RoIPool's two roundings move every bin by up to a feature
