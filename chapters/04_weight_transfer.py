@@ -51,6 +51,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
+import torch.nn.functional as F
 
 import fpnbook
 from fpnbook import data, models, rcnn, viz
@@ -153,6 +154,29 @@ try:  # T must read the box head it was built for
     wt.TransferMaskPredictor(box_predictor, wt.WeightTransfer(256, 32, inputs="box"), in_channels=64, dim_reduced=32)
 except ValueError as error:
     print("ValueError:", error)
+
+# %% [markdown]
+# By hand: `ω_det` is each class's classifier row beside its four regression rows, `T` is
+# fc → LeakyReLU(0.1) → fc, and the mask logits are the 1x1 convolution of the upsampled
+# mask features with the `τ` rows (and no bias). The same numbers as `TransferMaskPredictor`:
+
+# %%
+torch.manual_seed(0)
+with torch.no_grad():
+    box_predictor.cls_score.weight.normal_(std=0.1), box_predictor.bbox_pred.weight.normal_(std=0.1)
+transfer = wt.WeightTransfer(5 * 256, mask_dim=32, inputs="cls+box", kind="mlp")
+predictor = wt.TransferMaskPredictor(box_predictor, transfer, in_channels=64, dim_reduced=32)
+features = torch.randn(3, 64, 14, 14)  # 3 RoIs' mask-head features
+with torch.no_grad():
+    w_cls, w_box = box_predictor.cls_score.weight, box_predictor.bbox_pred.weight      # [9, 256], [36, 256]
+    omega = torch.cat([w_cls, w_box.reshape(9, 4 * 256)], dim=1)                          # [9, 1280]
+    first, second = transfer.layers[0], transfer.layers[2]
+    tau = F.linear(F.leaky_relu(F.linear(omega, first.weight, first.bias), 0.1), second.weight, second.bias)
+    upsampled = F.relu(predictor.conv5_mask(features))                                    # [3, 32, 28, 28]
+    logits = torch.einsum("kd,rdhw->rkhw", tau, upsampled)                                # one map per class
+    assert torch.allclose(logits, predictor(features), atol=1e-5)
+print(f"omega {tuple(omega.shape)} -> tau {tuple(tau.shape)} -> logits {tuple(logits.shape)}: "
+      "by hand == TransferMaskPredictor")
 
 # %% [markdown]
 # ## 4. Stop-gradient (`TransferMaskPredictor(stop_gradient=True)`)
