@@ -54,7 +54,8 @@ import torch
 import torchvision
 
 import fpnbook
-from fpnbook import data
+from fpnbook import cli, data
+from fpnbook.images import batch_images
 from fpnbook.losses import cross_entropy_from_pt, focal_loss_from_pt, prior_bias, sigmoid_focal_loss
 from fpnbook.models import retinanet_tiny
 from fpnbook.widgets.focal import focal_explorer, focal_explorer_state
@@ -157,6 +158,50 @@ print(f"binary (anchor, class) examples per positive one: {(neg * K + pos * (K -
 # anchor is scored once per class, the binary examples are more lopsided still. The
 # paper's 800-pixel COCO images have ~100k anchors each, nearly all of them easy
 # negatives: the same picture, larger.
+#
+# **Why a two-stage detector does not drown.** Its classifier never sees the dense
+# anchors. The RPN scores them (and samples 256 per image, half positive at most, for its
+# own loss); then only its best proposals reach the second stage, which samples 128 RoIs
+# per image with at most 25% foreground. The shipped Mask R-CNN, stage by stage, on the
+# same 48 images: the share of foreground among what each stage looks at (the RPN's
+# positives, IoU ≥ 0.7, among its labelled anchors; then IoU ≥ 0.5 with an object).
+
+# %%
+two_stage, _ = cli.load_model(ROOT / "checkpoints" / "mask_rcnn.pt")
+two_stage.train()  # training-time proposal counts and sampling
+stages = {"anchors": [0, 0], "RPN proposals": [0, 0], "sampled RoIs": [0, 0]}
+torch.manual_seed(0)
+with torch.no_grad():
+    for index in range(len(val)):
+        image, target = val[index]
+        batch, sizes = batch_images([image])
+        features = two_stage.backbone(batch)
+        rpn_anchors, logits, deltas, per_level = two_stage.rpn.predict(batch, sizes, features)
+        labels, _ = two_stage.rpn.assign_targets(rpn_anchors, [target])
+        stages["anchors"][0] += int((labels[0] == 1).sum())
+        stages["anchors"][1] += int((labels[0] >= 0).sum())
+        proposals = [p["boxes"] for p in two_stage.rpn.select_proposals(rpn_anchors, logits, deltas, sizes, per_level)]
+        if len(target["boxes"]):
+            best = torchvision.ops.box_iou(proposals[0], target["boxes"]).max(dim=1).values
+            stages["RPN proposals"][0] += int((best >= 0.5).sum())
+        stages["RPN proposals"][1] += len(proposals[0])
+        _, _, roi_labels, _ = two_stage.roi_heads.select_training_samples(proposals, [target])
+        stages["sampled RoIs"][0] += int((roi_labels[0] > 0).sum())
+        stages["sampled RoIs"][1] += len(roi_labels[0])
+retina_share = pos / (pos + neg)
+print(f"{'RetinaNet, every labelled anchor':<34}{pos / len(val):>9.1f} foreground of {(pos + neg) / len(val):>8.0f} "
+      f"per image: {retina_share:.2%}")
+for name, (fg, total) in stages.items():
+    print(f"{'Mask R-CNN, ' + name:<34}{fg / len(val):>9.1f} foreground of {total / len(val):>8.0f} "
+          f"per image: {fg / total:.2%}")
+lift = stages["sampled RoIs"][0] / stages["sampled RoIs"][1] / retina_share
+print(f"the second stage's classifier sees {lift:.0f} times RetinaNet's share of foreground")
+assert lift > 20
+
+# %% [markdown]
+# The proposals and the sampler do for a two-stage detector what the focal loss does for a
+# dense one: the classifier that names the objects trains on a sample in which foreground
+# is common, not one example in hundreds.
 #
 # ## 3. Three losses (`fpnbook.losses`)
 #
