@@ -559,6 +559,73 @@ for ax, count in zip(axes, (10, 100)):
 plt.show()
 
 # %% [markdown]
+# ### What "low-level features lack semantics" means, measured
+#
+# The FPN paper's premise is that a fine map such as C2 says *where* but hardly *what*,
+# and that the top-down pathway brings the coarse maps' semantics down to fine levels.
+# A linear probe puts a number on it. With the trained backbone and FPN of the shipped
+# Mask R-CNN, pool each object's features inside its box (RoIAlign to 2 x 2, averaging
+# every pixel) on C2, C5 and P2, and fit a linear classifier (multinomial logistic
+# regression) that names the shape from those numbers alone: on the objects of 150
+# generated training images, scored on the validation split's. C2 and P2 have the same
+# resolution (stride 4); only P2 has the top-down path.
+
+# %%
+def object_features(dataset, indices) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Each object's pooled features on C2, C5 and P2: {level: Tensor[objects, 4 C]}, and the labels."""
+    rows, labels = {level: [] for level in ("c2", "c5", "p2")}, []
+    with torch.no_grad():
+        for i in indices:
+            image, target = dataset[i]
+            if not len(target["boxes"]):
+                continue
+            batch1, _ = images.batch_images([image])
+            body = trained.backbone.backbone(batch1)
+            maps = {**body, **trained.backbone.fpn(OrderedDict((n, body[n]) for n in trained.backbone.in_names))}
+            for level in rows:
+                stride = 256 // maps[level].shape[-1]
+                rows[level].append(torchvision.ops.roi_align(maps[level], [target["boxes"]], 2, 1 / stride, -1).flatten(1))
+            labels.append(target["labels"])
+    return {level: torch.cat(r) for level, r in rows.items()}, torch.cat(labels)
+
+
+def probe_accuracy(x: torch.Tensor, y: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor) -> float:
+    """Held-out accuracy of an L2-regularised linear classifier fitted by L-BFGS."""
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    x, x_test = (x - mean) / std, (x_test - mean) / std
+    torch.manual_seed(0)
+    probe = torch.nn.Linear(x.shape[1], int(y.max()) + 1)
+    optimizer = torch.optim.LBFGS(probe.parameters(), max_iter=300, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = F.cross_entropy(probe(x), y) + 1e-2 * probe.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    with torch.no_grad():
+        return (probe(x_test).argmax(1) == y_test).float().mean().item()
+
+
+train_dir, train_ann = data.ensure_split("train", 2000, image_size=256, seed=0, progress=False)
+train_split = data.CocoDataset(train_dir, train_ann)
+features_train, y_train = object_features(train_split, range(150))
+features_val, y_val = object_features(val, range(len(val)))
+accuracy = {level: probe_accuracy(features_train[level], y_train, features_val[level], y_val) for level in features_train}
+print(f"{len(y_train)} training objects, {len(y_val)} held out; chance {1 / val.num_classes:.0%}")
+for level, acc in accuracy.items():
+    print(f"{level} (stride {256 // {'c2': 64, 'c5': 8, 'p2': 64}[level]}): {acc:.0%} of held-out objects named by a linear probe")
+assert accuracy["p2"] > accuracy["c2"] + 0.05  # the top-down pathway brings the semantics down to stride 4
+
+# %% [markdown]
+# At the same stride, P2 names clearly more shapes than C2: that difference is what the
+# top-down pathway carries down. C5 alone does worst here, for the other half of the
+# paper's argument: at stride 32 most of our objects are smaller than one of its pixels.
+# (A 2 x 2 average is a crude summary, so every number is far below what the detector's
+# own box head, with 7 x 7 features and two fc layers, achieves.)
+
+# %% [markdown]
 # ## 5. Which level pools a RoI (`fpnbook.poolers`)
 #
 # A two-stage detector pools each region of interest (RoI) from one pyramid level.
