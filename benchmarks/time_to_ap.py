@@ -625,7 +625,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.merge:
         records = [json.loads(Path(path).read_text(encoding="utf-8")) for path in args.merge]
-        record = merge_records(records, args.target_ap)
+        try:
+            record = merge_records(records, args.target_ap)
+        except ValueError as error:
+            raise SystemExit(f"--merge: {error}") from None
         record["merge_command"] = "python benchmarks/time_to_ap.py " + shlex.join(sys.argv[1:] if argv is None else argv)
         print_table(record)
         write_json(record, args.out)
