@@ -418,6 +418,9 @@ reach = bench["time_to_box_ap"][f"{target:g}"]
 for name, minutes in reach["arms"].items():
     when = "not within the budget" if minutes is None else f"at {minutes['interpolated'] or minutes['first_eval']:.1f} min"
     print(f"box AP {target:g} (the first edition's checkpoint): {name} {when}")
+init = bench["arms"]["fpnbook-pretrained"]["init"]
+print(f"the pretrained arm's clock starts at {init['train_minutes']:.1f} min: the pretraining time its backbone file "
+      f"records ({Path(init['file']).name}, made on a slower, busier machine than the arms')")
 if reach.get("ratio_old_over_new"):
     print(f"new recipe / first edition: {reach['ratio_old_over_new']:.1f}x sooner; "
           f"with the pretrained backbone: {reach.get('ratio_old_over_pretrained') or float('nan'):.1f}x")
