@@ -12,7 +12,9 @@ ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 # The command the README gives readers and .ci/run calls.
 PYTEST := $(PY) -m pytest tests chapters --nbval --nbval-sanitize-with .nbval-sanitize.cfg
 
-.PHONY: venv lab test test-browser book clean-venv
+SITE_STAMP := $(VENV)/.fpnbook-site-installed
+
+.PHONY: venv lab test test-browser book site clean-venv
 
 # Re-install only when the project files changed since the last install.
 $(STAMP): pyproject.toml
@@ -30,8 +32,18 @@ lab: $(STAMP)
 test: $(STAMP)
 	$(PYTEST)
 
-# The book in a real browser: Debian's Chromium driven by Playwright (tests/browser/README.md).
-test-browser: $(STAMP)
+# The website's tools (the `site` extra), installed once per change of pyproject.toml.
+$(SITE_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[test,site]"
+	@touch $(SITE_STAMP)
+
+# The book as a static website in build/site/, from the stored notebooks (no execution).
+site: $(SITE_STAMP)
+	$(PY) tools/site.py
+
+# The book in a real browser: Debian's Chromium driven by Playwright (tests/browser/README.md),
+# JupyterLab and the website (which the suite builds itself).
+test-browser: $(SITE_STAMP)
 	bash tools/browser_deps.sh $(PY)
 	$(PY) -m pytest tests/browser -p no:cacheprovider --timeout=600 -s
 

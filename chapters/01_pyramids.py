@@ -29,7 +29,7 @@
 # 3. **The top-down pathway by hand** (`fpnbook.fpn`), checked against fpnbook's FPN and
 #    torchvision's.
 # 4. **Anchors** (`fpnbook.anchors`): one size per level, three aspect ratios.
-# 5. **Which level pools a RoI** (`fpnbook.poolers`): `k = ⌊k0 + log2(√(wh)/224)⌋`,
+# 5. **Which level pools a RoI** (`fpnbook.poolers`): $k = \lfloor k_0 + \log_2(\sqrt{wh}/224) \rfloor$,
 #    and what 224 becomes on our small images.
 # 6. **FPN Table 1 in miniature** (`fpnbook.rpn`, `experiments/fpn_table1.py`): an RPN
 #    on C4, on C5 and on the FPN, trained alike and scored by average recall.

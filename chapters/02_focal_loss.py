@@ -211,9 +211,9 @@ assert lift > 20
 #
 # | loss | formula |
 # |---|---|
-# | cross entropy | CE(p_t) = −log(p_t) |
-# | α-balanced CE | CE_α(p_t) = −α_t log(p_t), with α_t = α for positives and 1 − α for negatives |
-# | focal loss | FL(p_t) = −α_t (1 − p_t)^γ log(p_t) |
+# | cross entropy | $\mathrm{CE}(p_t) = -\log p_t$ |
+# | α-balanced CE | $\mathrm{CE}_\alpha(p_t) = -\alpha_t \log p_t$, with $\alpha_t = \alpha$ for positives and $1 - \alpha$ for negatives |
+# | focal loss | $\mathrm{FL}(p_t) = -\alpha_t (1 - p_t)^\gamma \log p_t$ |
 #
 # The modulating factor `(1 − p_t)^γ` goes to 0 as an example becomes easy (`p_t → 1`)
 # and to 1 for a badly misclassified one. α only re-weights the two classes; it cannot
@@ -370,6 +370,7 @@ assert all(a > b for a, b in zip(shares, shares[1:]))
 # %% [markdown]
 # Drag the sliders: **γ** reshapes the curve (left) and moves loss off the easy negatives
 # (right, and the number under the sliders); **α** only tilts positives against negatives.
+# (On the book's website the explorer shows its saved state; dragging needs a kernel, `make lab`.)
 # α can only trade positives against negatives: it scales easy and hard negatives alike,
 # so among the negatives the easy ones keep their share whatever α is. Only γ tells them apart.
 

@@ -406,8 +406,8 @@ assert np.allclose(state["pooled_pool"], roi_pool(feature_example, rois_example,
 # %% [markdown]
 # Drag the box, change the stride, the number of bins, the sampling ratio and
 # `aligned`, and show one op or both. The text line gives each edge's misalignment in
-# pixels. (In a static copy of the book the widget does not render; the cell above has
-# the same numbers.)
+# pixels. (On the book's website the widget shows the state it was saved in and does
+# not respond: dragging needs a kernel, `make lab`. The cell above has the same numbers.)
 
 # %%
 # NBVAL_IGNORE_OUTPUT

@@ -30,7 +30,7 @@
 #
 # 1. partial supervision in the data and in the loss;
 # 2. the class-agnostic mask head, the baseline;
-# 3. the weight transfer function `τ_c = T(ω_c^det; θ)`;
+# 3. the weight transfer function $\tau_c = \mathcal{T}(\omega_c^{det}; \theta)$;
 # 4. why the mask loss must not reach the box weights (stop-gradient);
 # 5. the fused head: transfer plus a class-agnostic MLP branch;
 # 6. a miniature of the paper's Table 1 (`experiments/lse_table1.py`);
@@ -125,7 +125,7 @@ print("gradient reaching each class's row:", {c: "yes" if row_grad[c] > 0 else "
 # objects look alike. But it cannot know what makes a class's shape special: that a ring
 # has a hole, that a star has points. It is the paper's baseline.
 #
-# ## 3. Weight transfer: `τ_c = T(ω_c^det; θ)` (`fpnbook.weight_transfer.WeightTransfer`)
+# ## 3. Weight transfer: $\tau_c = \mathcal{T}(\omega_c^{det}; \theta)$ (`fpnbook.weight_transfer.WeightTransfer`)
 #
 # The box branch *has* learnt every class, from boxes. Its last layer holds, per class
 # `c`, a classifier row and four box-regression rows; together these are `ω_c^det`, an
