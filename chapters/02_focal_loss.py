@@ -290,18 +290,38 @@ plt.show()
 # The paper takes a converged RetinaNet (trained with γ = 2), scores many images, and asks,
 # for each γ: if we apply FL with this γ to the model's outputs, sort the examples from
 # easy to hard and add up their losses, what fraction of the total comes from the hardest
-# few? The experiment of section 7 saved exactly that for our FL model: the histogram of
-# its classifier logits over all labelled (anchor, class) pairs of the validation split,
-# split into positives and negatives (`experiments/results/focal_table1_scores.json`).
+# few? We ask the same of the book's trained RetinaNet (`checkpoints/retinanet.pt`, card
+# in `checkpoints/retinanet.md`) on the validation split: every labelled (anchor, class)
+# pair is one example, positive when the anchor is matched to an object of that class.
+# The histogram of the classifier's logits, split into positives and negatives, is all
+# the curves need.
 
 # %%
-scores = json.loads((ROOT / "experiments" / "results" / "focal_table1_scores.json").read_text())
-edges = torch.tensor(scores["logit_edges"], dtype=torch.float64)
+retinanet, _ = cli.load_model(ROOT / "checkpoints" / "retinanet.pt")
+val_set = data.CocoDataset(*data.val_paths())
+edges = torch.linspace(-30, 30, 1201, dtype=torch.float64)
+pos_counts = torch.zeros(len(edges) - 1, dtype=torch.float64)
+neg_counts = torch.zeros_like(pos_counts)
+with torch.no_grad():
+    for i in range(0, len(val_set), 8):
+        imgs, targets = zip(*(val_set[j] for j in range(i, min(i + 8, len(val_set)))))
+        batch, _ = batch_images(list(imgs))
+        features = list(retinanet.backbone(batch).values())
+        logits = retinanet.head(features)["cls_logits"].double()                     # [B, N, K]
+        anchors = torch.cat(retinanet.anchor_generator.anchors_per_level(tuple(batch.shape[-2:]), features))
+        matched = retinanet.match(targets, anchors)                                    # [B, N]: -1 bg, -2 ignored
+        labelled = matched != -2
+        classes = torch.stack([torch.where(m >= 0, t["labels"][m.clamp(min=0)], 0) if len(t["labels"])
+                               else torch.zeros_like(m) for m, t in zip(matched, targets)])
+        positive = torch.nn.functional.one_hot(classes, retinanet.num_classes + 1)[..., 1:].bool()
+        positive &= labelled[..., None]
+        negative = ~positive & labelled[..., None]
+        pos_counts += torch.histogram(logits[positive].clamp(-30, 30), edges).hist
+        neg_counts += torch.histogram(logits[negative].clamp(-30, 30), edges).hist
 centres = (edges[1:] + edges[:-1]) / 2
-pos_counts = torch.tensor(scores["pos_counts"], dtype=torch.float64)
-neg_counts = torch.tensor(scores["neg_counts"], dtype=torch.float64)
 pos_pt, neg_pt = torch.sigmoid(centres), torch.sigmoid(-centres)  # p_t = p for positives, 1 - p for negatives
-print(f"positive examples: {int(pos_counts.sum()):,} | negative examples: {int(neg_counts.sum()):,}")
+print(f"{len(val_set)} images: {int(pos_counts.sum()):,} positive and {int(neg_counts.sum()):,} negative examples "
+      f"({neg_counts.sum() / pos_counts.sum():,.0f} negatives per positive)")
 print(f"median p_t: positives {np.median(np.repeat(pos_pt.numpy(), pos_counts.int().numpy())):.3f}, "
       f"negatives {np.median(np.repeat(neg_pt.numpy()[neg_counts > 0], neg_counts[neg_counts > 0].int().numpy())):.5f}")
 
@@ -336,17 +356,19 @@ for gamma in GAMMAS:
     print(f"γ = {gamma:<3}  positives {pos_share[0]:.2f} / {pos_share[1]:.2f}   "
           f"negatives {neg_share[0]:.2f} / {neg_share[1]:.2f}")
 assert hardest_share(neg_pt, neg_counts, 2, 0.01) > hardest_share(neg_pt, neg_counts, 0, 0.01)
+print(f"at γ = 2 the hardest 1% of the negatives carry {hardest_share(neg_pt, neg_counts, 2, 0.01):.0%} of the "
+      f"negatives' loss (at γ = 0: {hardest_share(neg_pt, neg_counts, 0, 0.01):.0%})")
 
 # %% [markdown]
 # The left panel barely changes with γ: the positives' loss is spread over them in much
 # the same way whatever γ is. The right panel is the point of the paper. Under CE
 # (γ = 0) the negatives' curve rises almost evenly: each of the millions of easy
 # negatives adds its small share, and together they are most of the loss. As γ grows
-# the curve hugs the axis longer and shoots up at the end; at γ = 2 the printout shows
-# the hardest 1% of the negatives carrying about half of their loss, and the hardest
-# 10% most of it. The focal loss spends the gradient on the negatives that can still
-# fool the detector. (The paper's model, fully trained, is more confident still, so its
-# curves are more extreme; ours trained for minutes.)
+# the curve hugs the axis longer and shoots up at the end; the last line of the printout
+# gives the share of the hardest 1% of the negatives at γ = 2 against γ = 0. The focal
+# loss spends the gradient on the negatives that can still
+# fool the detector. (The paper's model, trained on COCO for a day, is more confident
+# still, so its curves are more extreme.)
 #
 # ## 5. An explorer for γ and α (`fpnbook.widgets.focal`)
 #
@@ -354,7 +376,7 @@ assert hardest_share(neg_pt, neg_counts, 2, 0.01) > hardest_share(neg_pt, neg_co
 # computes what the explorer draws: the α-weighted loss curves, and how the **total**
 # classification loss over the given examples splits between positives, hard negatives
 # and **easy negatives**, which we define as negatives the model already gets right with
-# `p_t > 0.9`. We feed it our FL model's validation examples from section 4 (the
+# `p_t > 0.9`. We feed it the trained RetinaNet's validation examples from section 4 (the
 # histogram counts are the weights). First the plain function, then the widget.
 
 # %%

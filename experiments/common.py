@@ -12,10 +12,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
+import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -61,8 +63,41 @@ def stopwatch() -> Iterator[dict[str, float]]:
     times["cpu_s"] = round(time.process_time() - cpu, 1)
 
 
+def mean_sd(values: Sequence[float], digits: int = 2) -> dict[str, float]:
+    """``{"mean", "sd"}`` of per-seed values (sd 0 for a single seed), rounded."""
+    values = list(values)
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": round(statistics.fmean(values), digits), "sd": round(sd, digits)}
+
+
+def paired_verdict(better: Sequence[float], worse: Sequence[float], digits: int = 2) -> dict:
+    """Whether the paper's ordering "``better`` beats ``worse``" holds, from per-seed paired values.
+
+    Seed ``i`` of both lists shares its initial weights and data. The per-seed differences
+    ``better[i] - worse[i]`` decide: "reproduced" when every one is positive or their mean
+    exceeds twice its standard error; "did not reproduce" when the same holds the other way
+    round; "inconclusive" otherwise. Returns the differences, their mean, sd, standard error
+    and the verdict.
+    """
+    diffs = [b - w for b, w in zip(better, worse, strict=True)]
+    if not diffs:
+        raise ValueError("paired_verdict needs at least one seed")
+    mean = statistics.fmean(diffs)
+    sd = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+    se = sd / math.sqrt(len(diffs))
+    if all(d > 0 for d in diffs) or (len(diffs) > 1 and mean > 2 * se):
+        verdict = "reproduced"
+    elif all(d < 0 for d in diffs) or (len(diffs) > 1 and mean < -2 * se):
+        verdict = "did not reproduce"
+    else:
+        verdict = "inconclusive"
+    return {"diffs": [round(d, digits) for d in diffs], "mean": round(mean, digits), "sd": round(sd, digits),
+            "se": round(se, digits), "verdict": verdict}
+
+
 def main(name: str, run: Callable[[argparse.Namespace], dict], build_parser: Callable[[], argparse.ArgumentParser],
-         argv: list[str] | None = None, cumulative: bool = False) -> dict:
+         argv: list[str] | None = None, cumulative: bool = False,
+         extra: Callable[[argparse.Namespace], dict] | None = None) -> dict:
     """Parse arguments, seed, time ``run(args)``, and write its record. Returns the record.
 
     ``cumulative``: the experiment adds to the record already at its path (as
@@ -84,6 +119,7 @@ def main(name: str, run: Callable[[argparse.Namespace], dict], build_parser: Cal
         "torch_version": torch.__version__,
         "hardware": hardware(),
         "wall_time_s": round(time.perf_counter() - start, 1),
+        **(extra(args) if extra is not None else {}),
         "metrics": metrics,
     }
     path = result_path(name, args)

@@ -16,11 +16,12 @@ the classification loss differs:
 
 Each is scored by COCO box AP (pycocotools) on the committed validation split.
 
-The FL model's classifier logits on the validation anchors are also saved, as histograms,
-for the chapter's cumulative-loss plot (the paper's Figure 4): every (anchor, class) pair
+The FL model's classifier logits on the validation anchors are also saved, as histograms
+from which the paper's Figure 4 (cumulative loss) can be drawn: every (anchor, class) pair
 the loss sees, split into positives (target 1) and negatives (target 0); ignored anchors
 are left out. Writes ``experiments/results/focal_table1.json`` and
-``focal_table1_scores.json`` beside it; chapter 2 plots both.
+``focal_table1_scores.json`` beside it; chapter 2 plots the first (its Figure 4 comes
+from the shipped RetinaNet checkpoint instead).
 """
 
 from __future__ import annotations

@@ -29,3 +29,34 @@ def test_committed_result_names_its_command(name):
     record = json.loads(path.read_text())
     assert record["command"].startswith(f"python -m experiments.{name}") and not record["smoke"]
     assert {"seed", "fpnbook_version", "hardware", "wall_time_s", "metrics"} <= record.keys()
+
+
+def test_paired_verdict_reads_the_per_seed_differences():
+    from experiments.common import mean_sd, paired_verdict
+
+    assert paired_verdict([3.0, 2.5, 4.0], [1.0, 2.0, 1.0])["verdict"] == "reproduced"  # every seed agrees
+    assert paired_verdict([1.0, 1.0, 1.0], [2.0, 2.5, 1.5])["verdict"] == "did not reproduce"
+    mixed = paired_verdict([1.0, 2.0, 3.0], [2.0, 1.0, 3.5])
+    assert mixed["verdict"] == "inconclusive" and mixed["diffs"] == [-1.0, 1.0, -0.5]
+    # One seed against, but a mean gap far beyond twice its standard error still counts.
+    assert paired_verdict([10.0, 10.0, 10.0, 10.0, 10.0, 9.0], [9.0] * 6)["verdict"] == "reproduced"
+    assert mean_sd([1.0, 2.0, 3.0]) == {"mean": 2.0, "sd": 1.0} and mean_sd([5.0]) == {"mean": 5.0, "sd": 0.0}
+    with pytest.raises(ValueError):
+        paired_verdict([1.0, 2.0], [1.0])
+
+
+def test_mask_table2b_record_verdicts_follow_from_its_runs():
+    from experiments.common import mean_sd, paired_verdict
+
+    path = ROOT / "experiments" / "results" / "mask_table2b.json"
+    if not path.exists():
+        pytest.skip("mask_table2b has no committed full run yet")
+    record = json.loads(path.read_text())
+    seeds = [str(s) for s in record["seeds"]]
+    assert len(seeds) >= 3 and record["eval_images"] >= 256
+    runs = record["metrics"]["runs"]
+    for metric, claimed in record["metrics"]["sigmoid_minus_softmax"].items():
+        assert claimed == paired_verdict([runs["sigmoid"][s][metric] for s in seeds],
+                                         [runs["softmax"][s][metric] for s in seeds])
+        for variant in ("sigmoid", "softmax"):
+            assert record["metrics"]["summary"][variant][metric] == mean_sd(runs[variant][s][metric] for s in seeds)

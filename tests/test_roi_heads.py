@@ -19,6 +19,8 @@ from fpnbook.roi_heads import (
     mask_loss,
     paste_masks_in_image,
     project_masks_on_boxes,
+    softmax_mask_loss,
+    softmax_mask_probs,
 )
 from fpnbook.rcnn import MultiScaleRoIAlign  # fpnbook.poolers' (torchvision's until it lands)
 
@@ -210,6 +212,27 @@ def test_mask_loss_reads_only_the_ground_truth_class_channel():
     torch.testing.assert_close(loss, torch.nn.functional.binary_cross_entropy_with_logits(picked, mask_targets))
     empty = torch.randn(0, NUM_LOGITS, 28, 28, requires_grad=True)
     zero = mask_loss(empty, torch.zeros(0, dtype=torch.int64), torch.zeros(0, 28, 28))
+    assert zero == 0 and zero.requires_grad
+
+
+def test_softmax_mask_loss_is_a_per_pixel_multinomial_that_touches_every_channel():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(5, NUM_LOGITS, 28, 28, generator=g, requires_grad=True)
+    labels = torch.tensor([1, 3, 2, 2, 1])
+    mask_targets = (torch.rand(5, 28, 28, generator=g) > 0.5).float()
+    loss = softmax_mask_loss(logits, labels, mask_targets)
+    loss.backward()
+    assert (logits.grad.abs().sum(dim=(2, 3)) > 0).all()  # the classes compete
+    # By hand: -log of the softmax probability of the pixel's class, averaged over pixels.
+    log_probs = logits.detach().log_softmax(dim=1)
+    pixel_class = torch.where(mask_targets.bool(), labels[:, None, None], torch.zeros_like(labels)[:, None, None])
+    expected = -log_probs.gather(1, pixel_class[:, None]).mean()
+    torch.testing.assert_close(loss, expected)
+    probs = softmax_mask_probs(logits.detach(), labels)
+    assert probs.shape == (5, 1, 28, 28)
+    torch.testing.assert_close(probs[:, 0], log_probs.exp()[torch.arange(5), labels])
+    empty = torch.randn(0, NUM_LOGITS, 28, 28, requires_grad=True)
+    zero = softmax_mask_loss(empty, torch.zeros(0, dtype=torch.int64), torch.zeros(0, 28, 28))
     assert zero == 0 and zero.requires_grad
 
 
