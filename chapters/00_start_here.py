@@ -123,7 +123,7 @@ fig, ax = plt.subplots(figsize=(6, 3), dpi=80)
 ax.hist(side, bins=np.geomspace(2, 256, 30), color="tab:blue")
 for bound, name in [(32, "small | medium"), (96, "medium | large")]:
     ax.axvline(bound, color="k", ls="--")
-    ax.text(bound * 1.05, ax.get_ylim()[1] * 0.9, name, fontsize=8)
+    ax.text(bound * 1.05, ax.get_ylim()[1] * 0.9, name, fontsize=9)
 ax.set(xscale="log", xlabel="sqrt(area) in pixels", ylabel="objects", title="object sizes in the validation split")
 plt.show()
 shares = {name: float(np.mean(mask)) for name, mask in

@@ -497,12 +497,12 @@ labels = [f"{names[v]}\nγ={metrics[v]['gamma']:g}" + (f"\nα={metrics[v]['alpha
 for ax, (title, values) in zip(axes, (("ours (tiny, 256 px)", [metrics[v]["AP"] for v in variants]),
                                       ("paper (R-50, 600 px)", [metrics["paper"][v]["AP"] for v in variants]))):
     bars = ax.bar(x, values, color=[f"C{i}" for i in x])
-    ax.bar_label(bars, fmt="%.1f", fontsize=8)
+    ax.bar_label(bars, fmt="%.1f", fontsize=9)
     ax.set(xticks=x, xticklabels=labels, ylabel="COCO box AP (%)", title=title, ylim=(0, 1.2 * max(values)))
 for i, v in enumerate(variants):
     axes[2].plot(metrics[v]["steps"], metrics[v]["box_loss"], color=f"C{i}", label=labels[i].replace("\n", " "))
 axes[2].set(xlabel="training step", ylabel="box regression loss (L1)", title="the shared box loss")
-axes[2].legend(fontsize=8)
+axes[2].legend(fontsize=9)
 plt.show()
 
 # %% [markdown]

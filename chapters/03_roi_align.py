@@ -215,7 +215,7 @@ for (cy, cx), colour in zip(((0, 0), (0, 1), (1, 0), (1, 1)), ("C0", "C1", "C2",
                            color=colour, alpha=0.35))
     ax.plot(cx, cy, "o", color=colour, ms=9)
     ax.annotate(f"f[{cy},{cx}]  w = {weight:.3f}", (cx, cy), xytext=(-30, -14 if cy == 0 else 10),
-                textcoords="offset points", fontsize=8)
+                textcoords="offset points", fontsize=9)
 ax.plot(lx, ly, "k*", ms=12)
 ax.set(xlim=(-0.3, 1.3), ylim=(1.3, -0.3), aspect="equal", xlabel="x", ylabel="y",
        title=f"point (ly, lx) = ({ly}, {lx}): weights = opposite areas")
@@ -385,7 +385,7 @@ left.set(xticks=strides, xticklabels=strides, xlabel="stride", ylabel="worst edg
          title="RoIPool: how far the read region strays\n(dashed: rounding alone)")
 right.set(xticks=strides, xticklabels=strides, xlabel="stride", ylabel="IoU with the box",
           title="RoIPool: IoU of read region and box")
-right.legend(fontsize=7)
+right.legend(fontsize=9)
 plt.tight_layout()
 plt.show()
 
@@ -491,7 +491,7 @@ if {"pool_s16", "align_s16"} <= set(finished) or {"pool_s32", "align_s32"} <= se
     ax.bar(x + 0.2, paper_gap, 0.4, label="paper (Mask R-CNN R-50, COCO)")
     ax.axhline(0, color="k", lw=0.8)
     ax.set(xticks=x, xticklabels=labels, ylabel="RoIAlign − RoIPool (AP points)", title="what RoIAlign adds")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=9)
     plt.show()
     for stride in (16, 32):
         if {f"pool_s{stride}", f"align_s{stride}"} <= set(finished):

@@ -50,6 +50,7 @@ import tempfile
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -272,7 +273,7 @@ for ax, (direction, rows) in zip(axes, metrics["directions"].items()):
     ax.barh([i - 0.2 for i in y], [rows[n]["true_box_mask_AP"] for n in names], height=0.4, label="true boxes")
     ax.set(yticks=list(y), yticklabels=names, xlabel="mask AP on B (%)", title=direction)
     ax.invert_yaxis()
-axes[0].legend(fontsize=8, loc="lower right")
+axes[0].legend(fontsize=9, loc="lower right")
 fig.tight_layout()
 plt.show()
 
@@ -292,12 +293,27 @@ claims = [
     ("the MLP branch helps transfer", "transfer+MLP", ">", "transfer cls+box"),
     ("stop-gradient helps e2e transfer", "transfer, e2e + stop-grad", ">", "transfer, e2e"),
 ]
+# One seed gives no error bars, so the yardstick is the spread among the five transfer
+# variants of section 6 (which differ only in the details of T): the standard deviation of
+# their AP, per direction. A gap counts only when it is larger than that spread.
+TRANSFER_ROWS = ["transfer cls", "transfer box", "transfer cls+box", "transfer cls+box, linear T", "transfer+MLP"]
+
+
+def lse_verdict(gaps: dict[str, float], spread: dict[str, float]) -> str:
+    """"holds" / "fails" when every direction's gap exceeds its spread one way; else "within the spread"."""
+    if all(g > spread[d] for d, g in gaps.items()):
+        return "holds"
+    if all(g < -spread[d] for d, g in gaps.items()):
+        return "fails"
+    return "within the spread"
+
+
 for key, title in (("mask_AP", "detected boxes"), ("true_box_mask_AP", "true boxes")):
-    print(f"\n{title}:")
+    spread = {d: float(np.std([rows[n][key] for n in TRANSFER_ROWS], ddof=1)) for d, rows in metrics["directions"].items()}
+    print(f"\n{title}: spread among the transfer variants " + ", ".join(f"{d} {v:.1f}" for d, v in spread.items()))
     for claim, better, _, worse in claims:
         gaps = {d: round(rows[better][key] - rows[worse][key], 1) for d, rows in metrics["directions"].items()}
-        verdict = "holds" if all(g > 0 for g in gaps.values()) else "mixed" if any(g > 0 for g in gaps.values()) else "fails"
-        print(f"{claim:>34}: {verdict:5}  " + "  ".join(f"{d} {g:+.1f}" for d, g in gaps.items()))
+        print(f"{claim:>34}: {lse_verdict(gaps, spread):17}  " + "  ".join(f"{d} {g:+.1f}" for d, g in gaps.items()))
 
 # %% [markdown]
 # And the drift of the box weights in the joint runs: the relative change of `ω_det` since
@@ -317,15 +333,16 @@ for direction, rows in metrics["directions"].items():
 # %% [markdown]
 # ### What reproduced, what did not, and why
 #
-# Read the verdicts above against the spread: differences smaller than the spread among
-# the transfer variants are the noise of one seed on 48 validation images.
+# Each verdict above reads a gap against the spread printed with it: "holds" only when
+# the gap exceeds the spread in both directions.
 #
-# - **Reproduced, on the mask branch alone (true boxes):** transfer beats the
-#   class-agnostic head in both directions, the MLP branch adds to transfer in both, and
-#   end to end, stop-gradient helps in both. So does the mechanism behind stop-gradient:
-#   without the stop, the seen classes' box weights drift further, while the unseen rows
-#   move the same in both runs (asserted above). All these gaps are small, about the
-#   size of the spread.
+# - **The signs agree with the paper on the mask branch alone (true boxes):** transfer
+#   beats the class-agnostic head in both directions, the MLP branch adds to transfer in
+#   both, and end to end, stop-gradient helps in both. So does the mechanism behind
+#   stop-gradient: without the stop, the seen classes' box weights drift further, while
+#   the unseen rows move the same in both runs (asserted above). **But no gap is larger
+#   than the spread among the transfer variants**, so none of these orderings is
+#   established by this one-seed miniature.
 # - **Not reproduced:** with detected boxes, the paper's metric, every variant lands
 #   within a point of every other: our detector finds too few of the unseen objects
 #   (the box AP column) for the mask head to matter. The class-specific oracle does not

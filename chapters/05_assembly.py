@@ -311,7 +311,7 @@ axes[2].imshow(predicted, **palette)
 for box, truth, guess in zip(target["boxes"].tolist(), target["labels"].tolist(), named.tolist()):
     colour = "lime" if guess == truth else "red"
     axes[0].add_patch(matplotlib.patches.Rectangle(box[:2], box[2] - box[0], box[3] - box[1], fill=False, color=colour))
-    axes[0].text(box[0], box[1] - 2, data.SHAPE_CLASSES[guess - 1], color=colour, fontsize=7)
+    axes[0].text(box[0], box[1] - 2, data.SHAPE_CLASSES[guess - 1], color=colour, fontsize=9)
 titles = ("per object: the shape named from each box\n(green right, red wrong)", "true labels (colour = class)",
           "per pixel: the backbone's labels")
 for ax, title in zip(axes, titles):
@@ -368,7 +368,7 @@ old_final = curves["first edition (SGD, step decay, 2000/2000/512)"][-1]
 ax.axhline(old_final[1], color="grey", lw=0.8, ls="--")
 ax.set_xlabel("minutes of training")
 ax.set_ylabel("box AP, validation split")
-ax.legend(fontsize=8)
+ax.legend(fontsize=9)
 
 
 def crossing_minute(curve: list[tuple[float, float]], level: float) -> float:
@@ -409,7 +409,7 @@ target = float(next(iter(bench["time_to_box_ap"])))
 ax.axhline(target, color="grey", lw=0.8, ls="--")
 ax.set(xlabel=f"minutes of training ({bench['clock']} clock, {bench['threads']} thread per arm)",
        ylabel="box AP, validation split")
-ax.legend(fontsize=8)
+ax.legend(fontsize=9)
 print(f"{'minute':>6}" + "".join(f"{name:>20}" for name in bench["arms"]))
 for minute in bench["eval_at"]:
     row = [next(e for e in arm["evals"] if e["minute"] == minute) for arm in bench["arms"].values()]
@@ -466,7 +466,7 @@ for ax, (name, card) in zip(axes, cards.items()):
             ax.plot([r["step"] for r in steps], [r[key] for r in steps], label=key, lw=1)
     ax.set_title(name, fontsize=10)
     ax.set_xlabel("step")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=9)
 axes[0].set_ylabel("training loss")
 figure
 
@@ -726,7 +726,7 @@ for name, curve in metrics["loss_curves"].items():
     ax.plot(*zip(*curve), label=name)
 ax.set_xlabel("step")
 ax.set_ylabel("training loss")
-ax.legend(fontsize=8)
+ax.legend(fontsize=9)
 figure
 
 # %% [markdown]

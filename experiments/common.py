@@ -131,3 +131,23 @@ def main(name: str, run: Callable[[argparse.Namespace], dict], build_parser: Cal
     write_record(path, record)
     print(f"wrote {path}")
     return record
+
+
+def write_partial(name: str, args: argparse.Namespace, metrics: dict) -> None:
+    """Keep what has finished in ``NAME.partial.json``, so a run stopped half way still leaves its first rows."""
+    write_record(result_path(name, args).with_suffix(".partial.json"),
+                 {"experiment": name, "partial": True, "smoke": args.smoke, "metrics": metrics})
+
+
+def main_seeded(name: str, run: Callable[[argparse.Namespace], dict],
+                build_parser: Callable[[], argparse.ArgumentParser], argv: list[str] | None = None) -> dict:
+    """:func:`main` for an experiment run over ``--seeds`` and scored on ``--eval-images`` images.
+
+    Both go to the record's top level (``seeds``, ``eval_images``); the partial record that
+    ``run`` kept with :func:`write_partial` is removed once the full one is written.
+    """
+    args = build_parser().parse_args(argv)
+    record = main(name, run, build_parser, argv, extra=lambda a: {"seeds": a.seeds, "eval_images": a.eval_images})
+    if not args.smoke or args.out is not None:  # the full record is written: the partial one is stale
+        result_path(name, args).with_suffix(".partial.json").unlink(missing_ok=True)
+    return record

@@ -18,7 +18,9 @@ mask AP. This script trains the same mask head both ways and changes nothing els
 * loss: ``mask_loss`` on the ground-truth class's channel (sigmoid) or
   ``softmax_mask_loss`` over all channels (softmax); the mask of an RoI is then where
   that channel's sigmoid passes 0.5, or (FCN's reading) where its class wins the per-pixel
-  argmax (the record also gives the AP of cutting the class's softmax probability at 0.5);
+  argmax. The record also gives two other readings of each softmax model: its class's
+  probability cut at 0.5 (``AP_softmax_p``), and any class against the background
+  (``AP_softmax_fg``), which shows how much of the loss is the classes' competition;
 * recipe: the book's defaults (AdamW, lr 1e-3, weight decay 0.05 off norms and biases,
   warm-up then cosine; ``fpnbook.train.TrainConfig``), batch 4 of the cached
   10,000-image training split;
@@ -89,12 +91,15 @@ def probs_of(variant: str, logits: Tensor, labels: Tensor) -> Tensor:
     """Tensor[L, 1, 28, 28]: each box's mask, to be pasted and cut at 0.5.
 
     sigmoid: its class channel's probability. softmax: FCN's reading, 1 where the box's
-    class wins the per-pixel argmax ("softmax_p" instead cuts the class's softmax probability at 0.5).
+    class wins the per-pixel argmax ("softmax_p" instead cuts the class's softmax probability at 0.5,
+    "softmax_fg" cuts 1 - the background's probability: any class at all).
     """
     if variant == "sigmoid":
         return logits[torch.arange(len(labels)), labels][:, None].sigmoid()
     if variant == "softmax_p":
         return softmax_mask_probs(logits, labels)
+    if variant == "softmax_fg":  # any class against the background: the mask without the class's competition
+        return 1 - logits.softmax(dim=1)[:, :1]
     return (logits.argmax(dim=1, keepdim=True) == labels[:, None, None, None]).float()
 
 
@@ -188,14 +193,13 @@ def run(args: argparse.Namespace) -> dict:
                 losses = train_one(model, variant, train_set, args, seed)
             stats = evaluate_masks(model, variant, eval_set, args.eval_images)
             row = {**{m: round(100 * stats[m], 2) for m in METRICS}, "train_s": took["wall_s"],
-                   **({"AP_softmax_p": round(100 * evaluate_masks(model, "softmax_p", eval_set, args.eval_images)["AP"], 2)}
-                      if variant == "softmax" else {}),
+                   **({f"AP_{reading}": round(100 * evaluate_masks(model, reading, eval_set, args.eval_images)["AP"], 2)
+                       for reading in ("softmax_p", "softmax_fg")} if variant == "softmax" else {}),
                    "final_loss": round(sum(losses[-20:]) / max(1, len(losses[-20:])), 4)}
             metrics["runs"][variant][str(seed)] = row
             print(f"seed {seed} {variant:>8}: " + "  ".join(f"{m} {row[m]:5.1f}" for m in METRICS)
                   + f"  loss {row['final_loss']:.3f}  ({took['wall_s']:.0f} s)", flush=True)
-            common.write_record(common.result_path(NAME, args).with_suffix(".partial.json"),
-                                {"experiment": NAME, "partial": True, "smoke": args.smoke, "metrics": metrics})
+            common.write_partial(NAME, args, metrics)
     seeds = [str(s) for s in args.seeds]
     metrics["summary"] = {v: {m: common.mean_sd(metrics["runs"][v][s][m] for s in seeds) for m in METRICS}
                           for v in VARIANTS}
@@ -206,12 +210,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
-    record = common.main(NAME, run, build_parser, argv, extra=lambda a: {"seeds": a.seeds,
-                                                                          "eval_images": a.eval_images})
-    if not args.smoke or args.out is not None:  # the full record is written: the partial one is stale
-        common.result_path(NAME, args).with_suffix(".partial.json").unlink(missing_ok=True)
-    return record
+    return common.main_seeded(NAME, run, build_parser, argv)
 
 
 if __name__ == "__main__":

@@ -114,6 +114,13 @@ class FPN(nn.Module):
     every output map (256 in the paper). ``extra_blocks``: None, :class:`LastLevelMaxPool`
     or :class:`LastLevelP6P7`.
 
+    Two switches remove one pathway each, for the paper's Table 1 ablations (both on by
+    default, the FPN): ``top_down=False`` is row (d), "bottom-up pyramid": each level is
+    its own lateral 1x1 conv and 3x3 conv, with nothing from the coarser levels;
+    ``lateral=False`` is row (e), "top-down, no lateral": only the coarsest map enters
+    (through its 1x1 conv) and every finer level is the upsampled level above it, before
+    its 3x3 conv. torchvision's ``FeaturePyramidNetwork`` has neither switch.
+
     forward: ordered dict ``{name_i: Tensor[B, in_channels_list[i], H_i, W_i]}`` with each
     map half the size of the one before (rounded either way) -> ordered dict
     ``{pyramid_name(name_i): Tensor[B, out_channels, H_i, W_i]}`` plus the extra levels.
@@ -124,6 +131,9 @@ class FPN(nn.Module):
         in_channels_list: Sequence[int],
         out_channels: int,
         extra_blocks: LastLevelMaxPool | LastLevelP6P7 | None = None,
+        *,
+        top_down: bool = True,
+        lateral: bool = True,
     ) -> None:
         super().__init__()
         def positive_int(c) -> bool:
@@ -146,6 +156,9 @@ class FPN(nn.Module):
             init_conv(nn.Conv2d(out_channels, out_channels, 3, padding=1)) for _ in self.in_channels_list
         )
         self.extra_blocks = extra_blocks
+        if not top_down and not lateral:
+            raise ValueError("an FPN needs the top-down pathway, the lateral connections, or both")
+        self.top_down, self.use_lateral = bool(top_down), bool(lateral)
 
     def output_names(self, in_names: Sequence[str]) -> list[str]:
         """Names of the output maps for input maps named ``in_names``: ``["c2", .., "c5"]`` -> ``["p2", .., "p6"]``."""
@@ -157,13 +170,19 @@ class FPN(nn.Module):
     def forward(self, features: Mapping[str, Tensor]) -> OrderedDict[str, Tensor]:
         self.check_features(features)
         in_names, maps = list(features.keys()), list(features.values())
-        laterals = [conv(x) for conv, x in zip(self.lateral, maps)]
-        # Top-down: start from the coarsest map; upsample to the exact size of the next
-        # finer one (not just x2) so that odd sizes, rounded up by strided convs, still fit.
-        merged = [laterals[-1]]
-        for lateral in reversed(laterals[:-1]):
-            top_down = F.interpolate(merged[0], size=lateral.shape[-2:], mode="nearest")
-            merged.insert(0, lateral + top_down)
+        if not self.use_lateral:  # row (e): only the coarsest map enters
+            laterals = [None] * (len(maps) - 1) + [self.lateral[-1](maps[-1])]
+        else:
+            laterals = [conv(x) for conv, x in zip(self.lateral, maps)]
+        if not self.top_down:  # row (d): every level on its own
+            merged = laterals
+        else:
+            # Top-down: start from the coarsest map; upsample to the exact size of the next
+            # finer one (not just x2) so that odd sizes, rounded up by strided convs, still fit.
+            merged = [laterals[-1]]
+            for lateral, x in zip(reversed(laterals[:-1]), reversed(maps[:-1])):
+                top_down = F.interpolate(merged[0], size=x.shape[-2:], mode="nearest")
+                merged.insert(0, top_down if lateral is None else lateral + top_down)
         results = [conv(m) for conv, m in zip(self.smooth, merged)]
         names = [pyramid_name(n) for n in in_names]
         if self.extra_blocks is not None:

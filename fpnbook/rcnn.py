@@ -255,6 +255,9 @@ def to_mask_x(
     return MaskXRCNN(model.backbone, model.rpn, heads, mask_classes)
 
 
+RPN_FEATURES = ("c4", "c5", "fpn", "bottom_up", "no_lateral", "p2")
+
+
 class RPNModel(nn.Module):
     """A trainable RPN on its own, for FPN Table 1 (RPN on C4, on C5, or on the FPN).
 
@@ -265,7 +268,11 @@ class RPNModel(nn.Module):
       (``anchor_sizes``, default :data:`SMALL_ANCHOR_SIZES`, 16..256) x 3 ratios;
     - ``"c4"`` / ``"c5"``: the single map C4 (stride 16) or C5 (stride 32); all five sizes
       on that one map x 3 ratios = 15 anchors per pixel, as the paper's baselines
-      (sizes 32..512 there, 16..256 here for our 256 px images).
+      (sizes 32..512 there, 16..256 here for our 256 px images);
+    - the paper's ablations of Table 1: ``"bottom_up"`` (d), the FPN without its top-down
+      pathway, and ``"no_lateral"`` (e), without its lateral connections (see
+      :class:`~fpnbook.fpn.FPN`), anchors as ``"fpn"``; ``"p2"`` (f), the full FPN but only
+      its finest map P2, with all five sizes on it as the single-map baselines.
 
     The rest of the keyword arguments go to :class:`RegionProposalNetwork`.
 
@@ -286,14 +293,19 @@ class RPNModel(nn.Module):
         **rpn_kwargs,
     ) -> None:
         super().__init__()
-        if features not in ("fpn", "c4", "c5"):
-            raise ValueError(f"features must be 'fpn', 'c4' or 'c5', got {features!r}")
+        if features not in RPN_FEATURES:
+            raise ValueError(f"features must be one of {RPN_FEATURES}, got {features!r}")
         self.backbone = backbone
         self.features = features
         channels = dict(zip(backbone.names, backbone.out_channels))
-        if features == "fpn":
-            self.fpn = FPN(backbone.out_channels, fpn_channels, LastLevelMaxPool())
+        if features in ("fpn", "bottom_up", "no_lateral"):
+            self.fpn = FPN(backbone.out_channels, fpn_channels, LastLevelMaxPool(),
+                           top_down=features != "bottom_up", lateral=features != "no_lateral")
             sizes = [tuple(s) for s in anchor_sizes]
+            in_channels = fpn_channels
+        elif features == "p2":
+            self.fpn = FPN(backbone.out_channels, fpn_channels)  # P2..P5; only P2 is read
+            sizes = [tuple(s for level in anchor_sizes for s in level)]
             in_channels = fpn_channels
         else:
             self.fpn = None
@@ -310,7 +322,9 @@ class RPNModel(nn.Module):
         if self.training:  # checked once, here, where they enter
             targets = check_targets(targets, len(image_sizes), labels=False)
         maps = self.backbone(batch)
-        if self.fpn is not None:
+        if self.features == "p2":
+            maps = OrderedDict([("p2", self.fpn(maps)["p2"])])
+        elif self.fpn is not None:
             maps = self.fpn(maps)
         else:
             maps = OrderedDict([(self.features, maps[self.features])])

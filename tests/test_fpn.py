@@ -116,6 +116,29 @@ def test_top_down_pathway_carries_c5_to_p2():
     assert x["c5"].grad.abs().sum() > 0
 
 
+def test_table1_ablations_remove_one_pathway_each():
+    torch.manual_seed(0)
+    full = FPN(CHANNELS, 8)
+    x = features([(16, 16), (8, 8), (4, 4), (2, 2)])
+    bottom_up = FPN(CHANNELS, 8, top_down=False)
+    bottom_up.load_state_dict(full.state_dict())
+    no_lateral = FPN(CHANNELS, 8, lateral=False)
+    no_lateral.load_state_dict(full.state_dict())
+    with torch.no_grad():
+        # (d): each level is its own 1x1 then 3x3 conv; C5 reaches no finer level.
+        expected = [smooth(lat(c)) for lat, smooth, c in zip(full.lateral, full.smooth, x.values())]
+        for got, want in zip(bottom_up(x).values(), expected):
+            torch.testing.assert_close(got, want)
+        # (e): only C5 enters; each finer level is the level above, upsampled, then smoothed.
+        merged = [full.lateral[-1](x["c5"])]
+        for c in reversed(list(x.values())[:-1]):
+            merged.insert(0, torch.nn.functional.interpolate(merged[0], size=c.shape[-2:], mode="nearest"))
+        for got, want, smooth in zip(no_lateral(x).values(), merged, full.smooth):
+            torch.testing.assert_close(got, smooth(want))
+    with pytest.raises(ValueError, match="top-down pathway"):
+        FPN(CHANNELS, 8, top_down=False, lateral=False)
+
+
 def test_backbone_with_fpn_names_shapes_and_strides():
     backbone = resnet_tiny()
     model = BackboneWithFPN(backbone, FPN(backbone.out_channels, 32, LastLevelMaxPool()))

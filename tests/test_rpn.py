@@ -227,7 +227,8 @@ def test_head_init_and_shapes():
     assert [list(x.shape) for x in deltas] == [[2, 12, 8, 6], [2, 12, 4, 3]]
 
 
-@pytest.mark.parametrize("features, anchors_per_pixel", [("fpn", 3), ("c4", 15), ("c5", 15)])
+@pytest.mark.parametrize("features, anchors_per_pixel", [("fpn", 3), ("c4", 15), ("c5", 15), ("bottom_up", 3),
+                                                       ("no_lateral", 3), ("p2", 15)])
 def test_rpn_model_trains_and_proposes(features, anchors_per_pixel):
     torch.manual_seed(0)
     model = RPNModel(resnet_tiny(), features, pre_nms_top_n=dict(training=200, testing=100),

@@ -9,6 +9,7 @@ import torchvision
 from fpnbook.ops import roi_align, roi_pool
 from fpnbook.widgets.roi import (
     EXAMPLE,
+    PANEL_TITLES,
     RoIExplorer,
     RoIFigure,
     feature_map,
@@ -128,5 +129,8 @@ def test_widget_controls_redraw_text_and_figure():
     assert "aligned=False" in w.text.value and w.state["align_misalignment"]["x1"] == pytest.approx(16.0)
     w.mode.value = "RoIPool"
     assert w.image.value != png and not w.figure.ax_align.get_visible() and w.figure.ax_pool.get_visible()
+    # Every panel has its title above it, hidden with its panel.
+    assert [t.value for t in w.titles] == [f"<b>{title}</b>" for title in PANEL_TITLES]
+    assert [t.layout.visibility for t in w.titles[1:]] == ["visible", "hidden", "hidden"]
     w.output_size.value = 4
     assert w.state["pooled_pool"].shape == (4, 4) and w.figure.heat["pooled_pool"].get_array().shape == (4, 4)

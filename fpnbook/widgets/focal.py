@@ -120,11 +120,11 @@ def focal_explorer_figure(state: dict, figsize: tuple[float, float] = (8.0, 3.0)
     curves.axvspan(state["easy_pt"], 1, color="C2", alpha=0.15, label=f"easy: p_t > {state['easy_pt']:g}")
     curves.set(xlim=(0, 1), ylim=(0, 5), xlabel="probability of ground truth class p_t", ylabel="loss",
                title=f"γ = {state['gamma']:g}")
-    curves.legend(fontsize=8)
+    curves.legend(fontsize=9)
     names = ("positives", "hard neg.", "easy neg.")
     values = [100 * state[k] for k in ("positive_share", "hard_negative_share", "easy_negative_share")]
     bars = shares.bar(names, values, color=("C0", "C3", "C2"))
-    shares.bar_label(bars, fmt="%.1f%%", fontsize=8)
+    shares.bar_label(bars, fmt="%.1f%%", fontsize=9)
     shares.set(ylim=(0, 110), ylabel="share of total loss (%)", title="who the loss listens to")
     return fig
 

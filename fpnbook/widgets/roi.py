@@ -43,6 +43,9 @@ EDGES = ("x1", "y1", "x2", "y2")
 PANELS = ("Left to right: the feature map around the box (white lines: feature pixels; yellow: the box; "
           "red: RoIPool's bins; blue dashed: RoIAlign's bins and dots: its samples), RoIPool's output (max), "
           "RoIAlign's output (mean), and RoIAlign − RoIPool (blue negative, red positive).")
+# One title per panel of the figure, shown as HTML above it (text inside the figure is
+# most of matplotlib's drawing time); widths follow the panels' width ratios 2:1:1:1.
+PANEL_TITLES = ("the box on the feature map", "RoIPool (max)", "RoIAlign (mean)", "RoIAlign − RoIPool")
 # The chapter's worked example: a 167 x 54 px box on a stride-16 map, on the astronaut's face.
 EXAMPLE = dict(x=173, y=101, w=167, h=54, stride=16, output_size=7, sampling_ratio=2, aligned=True)
 
@@ -263,7 +266,8 @@ class RoIExplorer(widgets.VBox):
     Controls (by description): ``x``, ``y``, ``width``, ``height`` (IntSliders, image px),
     ``stride`` (ToggleButtons 4/8/16/32), ``output size`` (IntSlider), ``sampling ratio``
     (IntSlider, 0 = adaptive), ``aligned`` (Checkbox), ``mode`` (ToggleButtons RoIPool /
-    RoIAlign / both). Attributes ``text`` (HTML), ``image`` (Image), ``state`` (the last
+    RoIAlign / both). Attributes ``text`` (HTML), ``titles`` (one HTML per panel, hidden with
+    its panel), ``image`` (Image), ``state`` (the last
     :func:`roi_explorer_state`), ``figure`` (the reused :class:`RoIFigure`). Changing any
     control redraws.
     """
@@ -290,11 +294,15 @@ class RoIExplorer(widgets.VBox):
         self.text = widgets.HTML()
         self.figure = RoIFigure()
         self.caption = widgets.HTML(f"<small>{PANELS}</small>")
+        figure_px = int(self.figure.fig.get_figwidth() * self.figure.fig.dpi)
+        self.titles = [widgets.HTML(f"<b>{title}</b>", layout=widgets.Layout(width=f"{share}%"))
+                       for title, share in zip(PANEL_TITLES, (40, 20, 20, 20))]
         self.image = widgets.Image(format="png")
         controls = (self.x, self.y, self.width, self.height, self.stride, self.output_size, self.sampling_ratio,
                     self.aligned, self.mode)
         super().__init__([widgets.HBox([widgets.VBox(controls[:4]), widgets.VBox(controls[4:])]),
-                          self.text, self.image, self.caption])
+                          self.text, widgets.HBox(self.titles, layout=widgets.Layout(width=f"{figure_px}px")),
+                          self.image, self.caption])
         for control in controls:
             control.observe(self.update, "value")
         self.update()
@@ -305,6 +313,10 @@ class RoIExplorer(widgets.VBox):
                                         self.aligned.value)
         self.text.value = misalignment_text(self.state)
         self.figure.draw(self.state, self.mode.value)
+        mode = self.mode.value
+        for title, shown in zip(self.titles[1:], (mode in ("RoIPool", "both"), mode in ("RoIAlign", "both"),
+                                                   mode == "both")):
+            title.layout.visibility = "visible" if shown else "hidden"
         self.image.value = self.figure.png()
 
 
