@@ -730,7 +730,7 @@ plt.show()
 
 # %%
 sys.path.insert(0, str(ROOT))  # the repository root, for experiments/
-from experiments import mask_table2b  # noqa: E402
+from experiments import common, mask_table2b  # noqa: E402
 
 # Two steps on four images, to show it runs end to end (its numbers mean nothing); its
 # record goes to a temporary folder, never over the committed one.
@@ -755,6 +755,10 @@ else:
         paper = m2b["paper"][variant]
         print(f"{variant:>8} " + " ".join(f"{s[k]['mean']:>7.1f} ± {s[k]['sd']:<4.1f}" for k in ("AP", "AP50", "AP75"))
               + f"   {paper['AP']:>9.1f} {paper['AP50']:>6.1f} {paper['AP75']:>6.1f}")
+    for reading, title in (("AP_softmax_fg", "any class against the background"),
+                           ("AP_softmax_p", "its class's probability cut at 0.5")):
+        values = common.mean_sd(m2b["runs"]["softmax"][str(seed)][reading] for seed in t2b["seeds"])
+        print(f"softmax, read as {title}: AP {values['mean']:.1f} ± {values['sd']:.1f}")
     for k, v in m2b["sigmoid_minus_softmax"].items():
         paper_gap = m2b["paper"]["sigmoid"][k] - m2b["paper"]["softmax"][k]
         print(f"verdict, sigmoid beats softmax on {k}: {v['verdict']} (per-seed gaps {v['diffs']}, "

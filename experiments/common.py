@@ -95,6 +95,16 @@ def paired_verdict(better: Sequence[float], worse: Sequence[float], digits: int 
             "se": round(se, digits), "verdict": verdict}
 
 
+def summarise(runs: dict, seeds: Sequence[int], metrics: Sequence[str]) -> dict:
+    """``{variant: {metric: mean_sd}}`` over the seeds of ``runs[variant][str(seed)][metric]``."""
+    return {variant: {m: mean_sd(rows[str(s)][m] for s in seeds) for m in metrics} for variant, rows in runs.items()}
+
+
+def compare(runs: dict, seeds: Sequence[int], better: str, worse: str, metric: str) -> dict:
+    """:func:`paired_verdict` of "``better`` beats ``worse`` on ``metric``", seed by seed, from ``runs``."""
+    return paired_verdict([runs[better][str(s)][metric] for s in seeds], [runs[worse][str(s)][metric] for s in seeds])
+
+
 def main(name: str, run: Callable[[argparse.Namespace], dict], build_parser: Callable[[], argparse.ArgumentParser],
          argv: list[str] | None = None, cumulative: bool = False,
          extra: Callable[[argparse.Namespace], dict] | None = None) -> dict:

@@ -149,15 +149,11 @@ def run(args: argparse.Namespace) -> dict:
             print(f"seed {seed} {features:>10}: " + "  ".join(f"{k} {row[k]:5.1f}" for k in METRICS)
                   + f"  ({took['wall_s']:.0f} s)", flush=True)
             common.write_partial(NAME, args, metrics)
-    seeds = [str(s) for s in args.seeds]
-    metrics["summary"] = {v: {m: common.mean_sd(metrics["runs"][v][s][m] for s in seeds) for m in METRICS}
-                          for v in args.variants}
-    metrics["claims"] = [
-        {"better": better, "worse": worse, "metric": metric,
-         "paper_gap": round(PAPER[better][metric] - PAPER[worse][metric], 2),
-         **common.paired_verdict([metrics["runs"][better][s][metric] for s in seeds],
-                                 [metrics["runs"][worse][s][metric] for s in seeds])}
-        for better, worse, metric in CLAIMS if better in args.variants and worse in args.variants]
+    metrics["summary"] = common.summarise(metrics["runs"], args.seeds, METRICS)
+    metrics["claims"] = [{"better": better, "worse": worse, "metric": metric,
+                          "paper_gap": round(PAPER[better][metric] - PAPER[worse][metric], 2),
+                          **common.compare(metrics["runs"], args.seeds, better, worse, metric)}
+                         for better, worse, metric in CLAIMS if better in args.variants and worse in args.variants]
     return metrics
 
 

@@ -200,12 +200,9 @@ def run(args: argparse.Namespace) -> dict:
             print(f"seed {seed} {variant:>8}: " + "  ".join(f"{m} {row[m]:5.1f}" for m in METRICS)
                   + f"  loss {row['final_loss']:.3f}  ({took['wall_s']:.0f} s)", flush=True)
             common.write_partial(NAME, args, metrics)
-    seeds = [str(s) for s in args.seeds]
-    metrics["summary"] = {v: {m: common.mean_sd(metrics["runs"][v][s][m] for s in seeds) for m in METRICS}
-                          for v in VARIANTS}
-    metrics["sigmoid_minus_softmax"] = {
-        m: common.paired_verdict([metrics["runs"]["sigmoid"][s][m] for s in seeds],
-                                 [metrics["runs"]["softmax"][s][m] for s in seeds]) for m in METRICS}
+    metrics["summary"] = common.summarise(metrics["runs"], args.seeds, METRICS)
+    metrics["sigmoid_minus_softmax"] = {m: common.compare(metrics["runs"], args.seeds, "sigmoid", "softmax", m)
+                                        for m in METRICS}
     return metrics
 
 
