@@ -40,6 +40,20 @@ def parser(name: str, description: str) -> argparse.ArgumentParser:
     return p
 
 
+def seeded_parser(name: str, description: str, iterations: int) -> argparse.ArgumentParser:
+    """:func:`parser` plus what every seeded table takes: seeds, schedule, evaluation split, init, resume."""
+    p = parser(name, description)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="each seed trains every row")
+    p.add_argument("--iterations", type=int, default=iterations)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--eval-images", type=int, default=256, help="size of the generated evaluation split")
+    p.add_argument("--init", choices=("backbone", "scratch"), default="backbone",
+                   help="start the body from checkpoints/backbone.pt, or from random weights")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the rows of the partial record a stopped run of the same setup left, and run the rest")
+    return p
+
+
 def result_path(name: str, args: argparse.Namespace) -> Path:
     if args.out is not None:
         return Path(args.out)
@@ -105,6 +119,14 @@ def compare(runs: dict, seeds: Sequence[int], better: str, worse: str, metric: s
     return paired_verdict([runs[better][str(s)][metric] for s in seeds], [runs[worse][str(s)][metric] for s in seeds])
 
 
+def ordering_claims(runs: dict, seeds: Sequence[int], claims: Sequence[tuple[str, str, str]], paper: dict) -> list[dict]:
+    """For each ``(better, worse, metric)`` of ``claims`` whose rows both ran: the paper's gap and our :func:`compare`."""
+    return [{"better": better, "worse": worse, "metric": metric,
+             "paper_gap": round(paper[better][metric] - paper[worse][metric], 2),
+             **compare(runs, seeds, better, worse, metric)}
+            for better, worse, metric in claims if better in runs and worse in runs]
+
+
 def main(name: str, run: Callable[[argparse.Namespace], dict], build_parser: Callable[[], argparse.ArgumentParser],
          argv: list[str] | None = None, cumulative: bool = False,
          extra: Callable[[argparse.Namespace], dict] | None = None) -> dict:
@@ -147,6 +169,30 @@ def write_partial(name: str, args: argparse.Namespace, metrics: dict) -> None:
     """Keep what has finished in ``NAME.partial.json``, so a run stopped half way still leaves its first rows."""
     write_record(result_path(name, args).with_suffix(".partial.json"),
                  {"experiment": name, "partial": True, "smoke": args.smoke, "metrics": metrics})
+
+
+def resume_runs(name: str, args: argparse.Namespace, metrics: dict) -> None:
+    """With ``--resume``, copy into ``metrics["runs"]`` the rows that the partial record of a stopped run holds.
+
+    The partial record must come from the same setup (``metrics["setup"]``), else ValueError:
+    rows trained differently must not be mixed into one table.
+    """
+    if not getattr(args, "resume", False):
+        return
+    path = result_path(name, args).with_suffix(".partial.json")
+    if not path.exists():
+        raise FileNotFoundError(f"--resume: there is no partial record at {path} (run without --resume)")
+    previous = json.loads(path.read_text())["metrics"]
+    if previous.get("setup") != metrics["setup"]:
+        raise ValueError(f"--resume: {path} was made with another setup ({previous.get('setup')}), "
+                         f"not this one ({metrics['setup']}); run without --resume")
+    for row, seeds in previous["runs"].items():
+        if row in metrics["runs"]:
+            metrics["runs"][row].update(seeds)
+    for key, value in previous.items():  # what the loop adds beside the rows (e.g. the logged steps)
+        metrics.setdefault(key, value)
+    done = sum(len(seeds) for seeds in metrics["runs"].values())
+    print(f"resumed {done} finished runs from {path}", flush=True)
 
 
 def main_seeded(name: str, run: Callable[[argparse.Namespace], dict],

@@ -61,16 +61,10 @@ CLAIMS = (("fpn", "c4", "AR1000"), ("fpn", "c5", "AR1000"), ("fpn", "c4", "ARs")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = common.parser(NAME, __doc__.splitlines()[0])
+    p = common.seeded_parser(NAME, __doc__.splitlines()[0], iterations=600)
     p.add_argument("--backbone", choices=sorted(BACKBONES), default="tiny", help="fpnbook.backbone preset")
     p.add_argument("--train-images", type=int, default=1000, help="generated training images (cached)")
     p.add_argument("--image-size", type=int, default=256)
-    p.add_argument("--iterations", type=int, default=600)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--eval-images", type=int, default=256)
-    p.add_argument("--init", choices=("backbone", "scratch"), default="backbone",
-                   help="start the body from checkpoints/backbone.pt, or from random weights")
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     return p
 
@@ -132,11 +126,14 @@ def run(args: argparse.Namespace) -> dict:
                                "iterations": args.iterations, "batch_size": args.batch_size,
                                "recipe": "TrainConfig defaults (AdamW, warm-up + cosine, EMA)"},
                      "paper": PAPER, "runs": {v: {} for v in args.variants}}
+    common.resume_runs(NAME, args, metrics)
     for seed in args.seeds:
         config = TrainConfig(iterations=args.iterations, batch_size=args.batch_size, seed=seed,
                              warmup_iters=min(100, args.iterations // 5), device="cpu",
                              log_every=max(1, args.iterations // 10), progress=not args.smoke)
         for features in args.variants:
+            if str(seed) in metrics["runs"][features]:
+                continue  # resumed
             torch.manual_seed(seed)  # the same initial weights for every variant of a seed
             model = build_model(features, args.backbone, init)
             with common.stopwatch() as took:
@@ -150,10 +147,7 @@ def run(args: argparse.Namespace) -> dict:
                   + f"  ({took['wall_s']:.0f} s)", flush=True)
             common.write_partial(NAME, args, metrics)
     metrics["summary"] = common.summarise(metrics["runs"], args.seeds, METRICS)
-    metrics["claims"] = [{"better": better, "worse": worse, "metric": metric,
-                          "paper_gap": round(PAPER[better][metric] - PAPER[worse][metric], 2),
-                          **common.compare(metrics["runs"], args.seeds, better, worse, metric)}
-                         for better, worse, metric in CLAIMS if better in args.variants and worse in args.variants]
+    metrics["claims"] = common.ordering_claims(metrics["runs"], args.seeds, CLAIMS, PAPER)
     return metrics
 
 

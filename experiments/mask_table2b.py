@@ -39,48 +39,21 @@ from __future__ import annotations
 import argparse
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from experiments import common
+from experiments.gt_box_masks import GTBoxMaskModel, class_sigmoid_probs, mask_ap, train_masks
 from fpnbook import data
-from fpnbook.backbone import resnet_tiny
-from fpnbook.evaluate import coco_evaluate, to_coco_results
-from fpnbook.images import batch_images
-from fpnbook.ops import roi_align
 from fpnbook.pretrain import read_backbone
-from fpnbook.roi_heads import (MaskHead, MaskPredictor, mask_loss, paste_masks_in_image, project_masks_on_boxes,
-                               softmax_mask_loss, softmax_mask_probs)
-from fpnbook.train import TrainConfig, make_optimizer, make_scheduler
+from fpnbook.roi_heads import mask_loss, softmax_mask_loss, softmax_mask_probs
 
 NAME = "mask_table2b"
 VARIANTS = ("softmax", "sigmoid")
 METRICS = ("AP", "AP50", "AP75")
 # He et al. (2017), Table 2b (ResNet-50-C4), mask AP in %.
 PAPER = {"softmax": {"AP": 24.8, "AP50": 44.1, "AP75": 25.1}, "sigmoid": {"AP": 30.3, "AP50": 51.2, "AP75": 31.5}}
-ROI_SIZE, MASK_SIZE, WIDTH, STRIDE = 14, 28, 64, 16
 EVAL_SEED = 2026_0202  # the evaluation split's generator seed: no training split or other record uses it
 INIT = common.RESULTS.parents[1] / "checkpoints" / "backbone.pt"
-
-
-class GTBoxClassMaskModel(nn.Module):
-    """C4 -> 1x1 conv -> RoIAlign of the given boxes -> Mask R-CNN mask head -> ``num_classes + 1`` mask logits per box."""
-
-    def __init__(self, num_classes: int, init: dict | None = None) -> None:
-        super().__init__()
-        self.backbone = resnet_tiny()
-        if init is not None:
-            self.backbone.load_state_dict(init["body"])
-        channels = self.backbone.out_channels[self.backbone.names.index("c4")]
-        self.reduce = nn.Conv2d(channels, WIDTH, 1)
-        self.head = MaskHead(WIDTH, layers=(WIDTH,) * 4)
-        self.predictor = MaskPredictor(WIDTH, WIDTH, num_classes + 1)
-
-    def forward(self, batch: Tensor, boxes: list[Tensor]) -> Tensor:
-        """batch [B, 3, H, W] normalised; boxes: B x Tensor[L_i, 4] XYXY pixels -> logits [sum L_i, K + 1, 28, 28]."""
-        feature = F.relu(self.reduce(self.backbone(batch)["c4"]))
-        rois = roi_align(feature, boxes, ROI_SIZE, 1 / STRIDE, sampling_ratio=2, aligned=True)
-        return self.predictor(self.head(rois))
 
 
 def loss_of(variant: str, logits: Tensor, labels: Tensor, targets: Tensor) -> Tensor:
@@ -95,7 +68,7 @@ def probs_of(variant: str, logits: Tensor, labels: Tensor) -> Tensor:
     "softmax_fg" cuts 1 - the background's probability: any class at all).
     """
     if variant == "sigmoid":
-        return logits[torch.arange(len(labels)), labels][:, None].sigmoid()
+        return class_sigmoid_probs(logits, labels)
     if variant == "softmax_p":
         return softmax_mask_probs(logits, labels)
     if variant == "softmax_fg":  # any class against the background: the mask without the class's competition
@@ -104,64 +77,7 @@ def probs_of(variant: str, logits: Tensor, labels: Tensor) -> Tensor:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = common.parser(NAME, __doc__.splitlines()[0])
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--iterations", type=int, default=1500)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--eval-images", type=int, default=256)
-    p.add_argument("--init", choices=("backbone", "scratch"), default="backbone",
-                   help="start the body from checkpoints/backbone.pt, or from random weights")
-    return p
-
-
-def train_one(model: nn.Module, variant: str, dataset: data.CocoDataset, args: argparse.Namespace, seed: int) -> list[float]:
-    """The book's default recipe; the batch order depends only on ``seed``."""
-    config = TrainConfig(iterations=args.iterations, batch_size=args.batch_size, warmup_iters=min(100, args.iterations // 5),
-                         ema_decay=None, seed=seed)
-    optimizer = make_optimizer(model, config)
-    scheduler = make_scheduler(optimizer, config)
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
-    losses = []
-    model.train()
-    for step in range(args.iterations):
-        items = [dataset[order[(step * args.batch_size + j) % len(dataset)].item()] for j in range(args.batch_size)]
-        items = [(image, target) for image, target in items if len(target["boxes"])]
-        if not items:
-            continue
-        images, targets = zip(*items)
-        batch, _ = batch_images(list(images))
-        boxes = [t["boxes"].as_subclass(Tensor) for t in targets]
-        labels = torch.cat([t["labels"] for t in targets])
-        mask_targets = torch.cat([project_masks_on_boxes(t["masks"].as_subclass(Tensor), b, torch.arange(len(b)),
-                                                         MASK_SIZE) for t, b in zip(targets, boxes)])
-        loss = loss_of(variant, model(batch, boxes), labels, mask_targets)
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        losses.append(loss.item())
-        if not args.smoke and (step + 1) % 100 == 0:
-            print(f"  {variant} seed {seed} step {step + 1}: loss {sum(losses[-100:]) / len(losses[-100:]):.3f}",
-                  flush=True)
-    return losses
-
-
-@torch.no_grad()
-def evaluate_masks(model: nn.Module, variant: str, dataset: data.CocoDataset, count: int) -> dict[str, float]:
-    """COCO mask AP of the masks predicted for the ground-truth boxes of the first ``count`` images (score 1 each)."""
-    model.eval()
-    outputs, image_ids = [], []
-    for i in range(min(count, len(dataset))):
-        image, target = dataset[i]
-        boxes, labels = target["boxes"].as_subclass(Tensor), target["labels"]
-        batch, _ = batch_images([image])
-        probs = probs_of(variant, model(batch, [boxes]), labels) if len(boxes) else torch.zeros(0, 1, MASK_SIZE, MASK_SIZE)
-        masks = paste_masks_in_image(probs, boxes, tuple(image.shape[-2:]))
-        outputs.append({"boxes": boxes, "labels": labels, "scores": torch.ones(len(labels)), "masks": masks})
-        image_ids.append(dataset.image_ids[i])
-    results = to_coco_results(outputs, image_ids, dataset.label_to_cat_id)
-    return coco_evaluate(dataset.coco, results, iou_types=("segm",), image_ids=image_ids)["segm"]
+    return common.seeded_parser(NAME, __doc__.splitlines()[0], iterations=1500)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -185,15 +101,20 @@ def run(args: argparse.Namespace) -> dict:
         "paper": PAPER,
         "runs": {v: {} for v in VARIANTS},
     }
+    common.resume_runs(NAME, args, metrics)
     for seed in args.seeds:
         for variant in VARIANTS:
+            if str(seed) in metrics["runs"][variant]:
+                continue  # resumed
             torch.manual_seed(seed)  # the same initial head weights for both variants of a seed
-            model = GTBoxClassMaskModel(train_set.num_classes, init)
+            model = GTBoxMaskModel(train_set.num_classes, init, level="c4", pool="align", aligned=True)
             with common.stopwatch() as took:
-                losses = train_one(model, variant, train_set, args, seed)
-            stats = evaluate_masks(model, variant, eval_set, args.eval_images)
+                losses = train_masks(model, lambda *a, v=variant: loss_of(v, *a), train_set, args.iterations,
+                                     args.batch_size, seed, log=None if args.smoke else f"{variant} seed {seed}")
+            stats = mask_ap(model, lambda *a, v=variant: probs_of(v, *a), eval_set, args.eval_images)
             row = {**{m: round(100 * stats[m], 2) for m in METRICS}, "train_s": took["wall_s"],
-                   **({f"AP_{reading}": round(100 * evaluate_masks(model, reading, eval_set, args.eval_images)["AP"], 2)
+                   **({f"AP_{reading}": round(100 * mask_ap(model, lambda *a, r=reading: probs_of(r, *a), eval_set,
+                                                               args.eval_images)["AP"], 2)
                        for reading in ("softmax_p", "softmax_fg")} if variant == "softmax" else {}),
                    "final_loss": round(sum(losses[-20:]) / max(1, len(losses[-20:])), 4)}
             metrics["runs"][variant][str(seed)] = row

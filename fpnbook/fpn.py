@@ -159,6 +159,12 @@ class FPN(nn.Module):
         if not top_down and not lateral:
             raise ValueError("an FPN needs the top-down pathway, the lateral connections, or both")
         self.top_down, self.use_lateral = bool(top_down), bool(lateral)
+        if not self.use_lateral:
+            # Row (e) reads only the coarsest map's 1x1 conv. The others were built (and drew
+            # their random weights) so every other module starts as in the full FPN; they are
+            # dropped so no parameter goes without a gradient (DDP requires it).
+            for i in range(len(self.lateral) - 1):
+                self.lateral[i] = nn.Identity()
 
     def output_names(self, in_names: Sequence[str]) -> list[str]:
         """Names of the output maps for input maps named ``in_names``: ``["c2", .., "c5"]`` -> ``["p2", .., "p6"]``."""

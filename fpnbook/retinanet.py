@@ -232,6 +232,22 @@ class RetinaNet(nn.Module):
         """
         return torch.stack([self.matcher(box_iou(t["boxes"].to(anchors), anchors)) for t in targets])
 
+    def anchor_targets(
+        self, targets: Sequence[Mapping[str, Tensor]], anchors: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """What the loss asks of each anchor of each image of a batch, for ``anchors`` Tensor[N, 4] XYXY pixels.
+
+        Returns ``matched`` (LongTensor[B, N], :meth:`match`), ``labels`` (LongTensor[B, N]:
+        the matched object's class 1..K, 0 for background and ignored anchors), ``valid``
+        (BoolTensor[B, N]: False for the ignored anchors between the IoU thresholds, which
+        no loss sees) and ``gt_boxes`` (Tensor[B, G, 4], each image's boxes padded to the
+        batch's largest count ``G``).
+        """
+        matched = self.match(targets, anchors)  # [B, N]
+        gt_boxes, gt_labels = pad_targets(targets, anchors)  # [B, G, 4], [B, G]
+        labels = torch.where(matched >= 0, gt_labels.gather(1, matched.clamp(min=0)), 0)
+        return matched, labels, matched != BETWEEN_THRESHOLDS, gt_boxes
+
     def compute_loss(
         self, targets: Sequence[Mapping[str, Tensor]], head_outputs: dict[str, Tensor], anchors: Tensor
     ) -> dict[str, Tensor]:
@@ -242,15 +258,12 @@ class RetinaNet(nn.Module):
         """
         cls_logits, bbox_regression = head_outputs["cls_logits"], head_outputs["bbox_regression"]
         with stage("retinanet.matching"):
-            matched = self.match(targets, anchors)  # [B, N]
-            gt_boxes, gt_labels = pad_targets(targets, anchors)  # [B, G, 4], [B, G]
+            matched, anchor_labels, valid, gt_boxes = self.anchor_targets(targets, anchors)
         foreground = matched >= 0
-        valid = matched != BETWEEN_THRESHOLDS
         num_foreground = foreground.sum(dim=1).clamp(min=1)  # [B]
         num_images = cls_logits.shape[0]
 
         # Every labelled anchor counts: no sampling, the focal loss does the balancing.
-        anchor_labels = torch.where(foreground, gt_labels.gather(1, matched.clamp(min=0)), 0)
         cls_targets = F.one_hot(anchor_labels, self.num_classes + 1)[..., 1:].to(cls_logits.dtype)
         gamma, alpha = self.focal_params()
         cls_loss = sigmoid_focal_loss(cls_logits, cls_targets, alpha=alpha, gamma=gamma).sum(dim=2)

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-EXPERIMENTS = sorted(p.stem for p in (ROOT / "experiments").glob("*.py") if p.stem not in {"__init__", "common"})
+SHARED = {"__init__", "common", "gt_box_masks"}  # modules the experiments import, not experiments
+EXPERIMENTS = sorted(p.stem for p in (ROOT / "experiments").glob("*.py") if p.stem not in SHARED)
 
 
 @pytest.mark.slow
@@ -45,6 +46,25 @@ def test_paired_verdict_reads_the_per_seed_differences():
         paired_verdict([1.0, 2.0], [1.0])
 
 
+def test_resume_keeps_the_finished_rows_of_the_same_setup_only(tmp_path):
+    import argparse
+
+    from experiments.common import resume_runs, write_partial
+
+    args = argparse.Namespace(out=tmp_path / "t.json", smoke=False, resume=True)
+    with pytest.raises(FileNotFoundError, match="no partial record"):
+        resume_runs("t", args, {"setup": {"iterations": 10}, "runs": {"a": {}}})
+    write_partial("t", args, {"setup": {"iterations": 10}, "runs": {"a": {"0": {"AP": 1.0}}, "b": {}}, "steps": [5, 10]})
+    metrics = {"setup": {"iterations": 10}, "runs": {"a": {}, "b": {}}}
+    resume_runs("t", args, metrics)
+    assert metrics["runs"] == {"a": {"0": {"AP": 1.0}}, "b": {}} and metrics["steps"] == [5, 10]
+    with pytest.raises(ValueError, match="another setup"):
+        resume_runs("t", args, {"setup": {"iterations": 20}, "runs": {"a": {}}})
+    untouched = {"setup": {"iterations": 20}, "runs": {"a": {}}}
+    resume_runs("t", argparse.Namespace(out=args.out, smoke=False, resume=False), untouched)
+    assert untouched["runs"] == {"a": {}}
+
+
 def test_mask_table2b_record_verdicts_follow_from_its_runs():
     from experiments.common import mean_sd, paired_verdict
 
@@ -62,24 +82,46 @@ def test_mask_table2b_record_verdicts_follow_from_its_runs():
             assert record["metrics"]["summary"][variant][metric] == mean_sd(runs[variant][s][metric] for s in seeds)
 
 
-def test_fpn_table1_record_verdicts_follow_from_its_runs():
-    from experiments import fpn_table1
-    from experiments.common import mean_sd, paired_verdict
-
-    path = ROOT / "experiments" / "results" / "fpn_table1.json"
+def seeded_record(name: str) -> dict:
+    """The committed record of a seeded experiment, checked for its seeds and evaluation split size."""
+    path = ROOT / "experiments" / "results" / f"{name}.json"
+    if not path.exists():
+        pytest.skip(f"{name} has no committed full run yet")
     record = json.loads(path.read_text())
     if "runs" not in record["metrics"]:
-        pytest.skip("the committed fpn_table1 record predates the seeded rerun")
-    seeds = [str(s) for s in record["seeds"]]
-    assert len(seeds) >= 3 and record["eval_images"] >= 256
-    metrics = record["metrics"]
-    assert set(metrics["runs"]) == set(fpn_table1.VARIANTS)
-    for claim in metrics["claims"]:
-        better, worse, metric = claim["better"], claim["worse"], claim["metric"]
-        expected = paired_verdict([metrics["runs"][better][s][metric] for s in seeds],
-                                  [metrics["runs"][worse][s][metric] for s in seeds])
-        assert {k: claim[k] for k in expected} == expected
-        assert claim["paper_gap"] == round(fpn_table1.PAPER[better][metric] - fpn_table1.PAPER[worse][metric], 2)
-    for variant, rows in metrics["summary"].items():
+        pytest.skip(f"the committed {name} record predates the seeded rerun")
+    assert len(record["seeds"]) >= 3 and record["eval_images"] >= 256
+    return record
+
+
+def assert_summary_follows(record: dict) -> None:
+    from experiments.common import mean_sd
+
+    runs, seeds = record["metrics"]["runs"], [str(s) for s in record["seeds"]]
+    for variant, rows in record["metrics"]["summary"].items():
         for metric, value in rows.items():
-            assert value == mean_sd(metrics["runs"][variant][s][metric] for s in seeds)
+            assert value == mean_sd(runs[variant][s][metric] for s in seeds)
+
+
+@pytest.mark.parametrize("name", ["fpn_table1", "focal_table1"])
+def test_ordering_record_verdicts_follow_from_its_runs(name):
+    from experiments.common import ordering_claims
+
+    module = importlib.import_module(f"experiments.{name}")
+    record = seeded_record(name)
+    metrics = record["metrics"]
+    assert set(metrics["runs"]) == set(module.VARIANTS)
+    assert metrics["claims"] == ordering_claims(metrics["runs"], record["seeds"], module.CLAIMS, module.PAPER)
+    assert len(metrics["claims"]) == len(module.CLAIMS)
+    assert_summary_follows(record)
+
+
+def test_roialign_table2_record_verdicts_follow_from_its_runs():
+    from experiments import roialign_table2
+
+    record = seeded_record("roialign_table2")
+    metrics, seeds = record["metrics"], record["seeds"]
+    assert set(metrics["runs"]) == set(roialign_table2.PAPER)
+    assert metrics["claims"] == roialign_table2.claims(metrics["runs"], seeds, [16, 32])
+    assert metrics["gains"]["s32"] == roialign_table2.gains(metrics["runs"], seeds, 32)
+    assert_summary_follows(record)

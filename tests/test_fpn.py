@@ -122,8 +122,12 @@ def test_table1_ablations_remove_one_pathway_each():
     x = features([(16, 16), (8, 8), (4, 4), (2, 2)])
     bottom_up = FPN(CHANNELS, 8, top_down=False)
     bottom_up.load_state_dict(full.state_dict())
+    torch.manual_seed(0)
     no_lateral = FPN(CHANNELS, 8, lateral=False)
-    no_lateral.load_state_dict(full.state_dict())
+    # It keeps only C5's lateral conv, and its other weights start as the full FPN's of the same seed.
+    assert all(torch.equal(v, full.state_dict()[k]) for k, v in no_lateral.state_dict().items())
+    dropped = no_lateral.load_state_dict(full.state_dict(), strict=False).unexpected_keys
+    assert sorted(dropped) == [f"lateral.{i}.{p}" for i in range(3) for p in ("bias", "weight")]
     with torch.no_grad():
         # (d): each level is its own 1x1 then 3x3 conv; C5 reaches no finer level.
         expected = [smooth(lat(c)) for lat, smooth, c in zip(full.lateral, full.smooth, x.values())]
@@ -135,6 +139,8 @@ def test_table1_ablations_remove_one_pathway_each():
             merged.insert(0, torch.nn.functional.interpolate(merged[0], size=c.shape[-2:], mode="nearest"))
         for got, want, smooth in zip(no_lateral(x).values(), merged, full.smooth):
             torch.testing.assert_close(got, smooth(want))
+    sum(y.sum() for y in no_lateral(x).values()).backward()
+    assert all(p.grad is not None for p in no_lateral.parameters()), "no parameter may go without a gradient"
     with pytest.raises(ValueError, match="top-down pathway"):
         FPN(CHANNELS, 8, top_down=False, lateral=False)
 

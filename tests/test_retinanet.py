@@ -154,6 +154,11 @@ def test_matching_rules():
     targets = [{"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0], [100.0, 100.0, 104.0, 104.0]]), "labels": torch.tensor([2, 1])}]
     matched = model.match(targets, anchors)
     assert matched.tolist() == [[0, -2, 0, -1, 1, -1, -1]]
+    # What the loss asks of each anchor: the class of its object (0 for background and ignored), and whether it counts.
+    same, labels, counted, gt_boxes = model.anchor_targets(targets, anchors)
+    assert same.tolist() == matched.tolist() and labels.tolist() == [[2, 0, 2, 0, 1, 0, 0]]
+    assert counted.tolist() == [[True, False, True, True, True, True, True]]
+    torch.testing.assert_close(gt_boxes[0], targets[0]["boxes"])
 
     # The loss: focal loss over the non-ignored anchors / number of foreground anchors (3).
     g = torch.Generator().manual_seed(0)
