@@ -163,6 +163,29 @@ for config in [models.ModelConfig(kind="retinanet"), models.ModelConfig(kind="fa
 print(models.ModelConfig(kind="mask_x_rcnn", mask_classes=data.SPLIT_A).to_dict())
 
 # %% [markdown]
+# **Mask R-CNN is Faster R-CNN plus a parallel mask branch**, and the claim can be
+# checked directly. Copy the shipped Mask R-CNN's weights into a Faster R-CNN of the same
+# config. Every weight of the Faster R-CNN has a counterpart, and what is left over is
+# exactly the mask head and its predictor. On the same image, both then give the same
+# boxes, classes and scores: the mask branch reads the detections but never changes them.
+
+# %%
+mask_model, mask_state = cli.load_model(CHECKPOINTS / "mask_rcnn.pt")
+faster = models.build(models.ModelConfig.from_dict({**mask_state["model_config"], "kind": "faster_rcnn"})).eval()
+mask_weights = mask_model.state_dict()
+faster.load_state_dict({k: v for k, v in mask_weights.items() if k in faster.state_dict()})  # strict
+extra = sorted({k.split(".")[1] for k in mask_weights.keys() - faster.state_dict().keys()})
+print("weights only Mask R-CNN has:", extra, f"({sum(mask_weights[k].numel() for k in mask_weights.keys() - faster.state_dict().keys()):,} numbers)")
+assert extra == ["mask_head", "mask_predictor"]
+with torch.no_grad():
+    two = [val_set[i][0] for i in (0, 1)]
+    boxes_only, with_masks = faster(two), mask_model(two)
+for a, b in zip(boxes_only, with_masks):
+    assert all(torch.equal(a[k], b[k]) for k in ("boxes", "labels", "scores")) and "masks" in b and "masks" not in a
+print(f"same detections on 2 images ({[len(a['boxes']) for a in boxes_only]} boxes); only Mask R-CNN adds masks "
+      f"{tuple(with_masks[0]['masks'].shape)}")
+
+# %% [markdown]
 # ## 2. Training, live and tiny (`fpnbook.train`)
 #
 # `fpnbook.train.train` is the loop behind `python -m fpnbook train`. By default it runs
