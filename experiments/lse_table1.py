@@ -1,18 +1,26 @@
 """Learning to Segment Every Thing (Hu et al. 2018), Table 1 in miniature: masks for classes trained with boxes only.
 
-    python -m experiments.lse_table1 [--smoke] [--threads 2]
+    python -m experiments.lse_table1 [--smoke] [--seeds 0 1 2] [--eval-images 256] [--threads 2] [--resume]
 
-The committed run (``--threads 2`` on an otherwise idle 2-core machine) took 23 minutes.
+The single-seed run scored on the committed 48-image split (``--threads 2`` on an otherwise
+idle 2-core machine) took 23 minutes: stage 1 8 min, pooling 1, the mask branches 12, the
+scoring 2. Scoring 256 images instead takes about 12 min a seed, so one seed should take
+about 33 min and the default three seeds about 100 (an estimate from those timings).
+Seed 0 draws every random number as that run did (its smoke numbers match); only the
+evaluation split is new.
 
 Partial supervision on the shapes data: every class has boxes, only the classes of
 set A have masks; mask AP is measured on the other set, B, whose masks training never
 sees. Both directions are run, A->B and B->A (``data.SPLIT_A`` / ``data.SPLIT_B``, four
 shapes each), like the paper's voc->non-voc and non-voc->voc.
 
-Protocol (the paper's Table 1a-c is *stage-wise*; so is ours):
+Protocol (the paper's Table 1a-c is *stage-wise*; so is ours), repeated whole for every
+seed of ``--seeds`` (the stage-1 detector, the pooling and every variant use that seed;
+the training split is the same cached one, seed 0, for all):
 
-1. Stage 1, once: a tiny Faster R-CNN (``models.faster_rcnn_tiny``) learns boxes of all
-   eight classes. Its backbone, FPN and RPN stay frozen from here on.
+1. Stage 1: a tiny Faster R-CNN (``models.faster_rcnn_tiny``, from scratch: the book's
+   pretrained backbones saw the shapes of B, so ``--init backbone`` is refused) learns
+   boxes of all eight classes. Its backbone, FPN and RPN stay frozen from here on.
 2. Every training image's RoIs are sampled and pooled once through the frozen detector
    (128 RoIs per image, up to 25% foreground): the box head's 7x7 features and, for
    foreground RoIs, the mask head's 14x14 features. Mask targets are cut from a
@@ -33,25 +41,50 @@ Protocol (the paper's Table 1a-c is *stage-wise*; so is ours):
      paper's stop-gradient ablation is about, the mask loss reaching the box weights,
      not the gain of end-to-end features;
    - oracle: a class-specific Mask R-CNN mask branch trained with the masks of all
-     classes (once; scored on B of each direction): the upper bound. Not in the paper:
-     the same with a class-agnostic head, to show how much B's masks help at all.
+     classes (once per seed; scored on B of each direction): the upper bound. Not in the
+     paper: the same with a class-agnostic head, to show how much B's masks help at all.
 
-Scoring: pycocotools mask AP (and AP50, AP75) on the committed 48-image validation
-split, with the ground truth and the predictions restricted to B's categories; box AP
-on B and mask AP on A for context. Mask AP is also computed with the true boxes and
-labels as the detections (score 1), which measures the mask branch alone. The e2e runs
-also record how far the box weights moved from stage 1, A rows against B rows.
+Scoring: pycocotools mask AP (and AP50, AP75) on a generated split of ``--eval-images``
+images (seed :data:`EVAL_SEED`, which no training split or other record uses), with the
+ground truth and the predictions restricted to B's categories; box AP on B and mask AP
+on A for context. Mask AP is also computed with the true boxes and labels as the
+detections (score 1), which measures the mask branch alone. The e2e runs also record how
+far the box weights moved from stage 1, A rows against B rows.
+
+The record (``metrics``), in the format of the other seeded tables:
+
+- ``runs[ROW][str(seed)]``: one row per direction and variant, named
+  ``"DIRECTION/VARIANT"`` with DIRECTION ``A->B`` or ``B->A`` and VARIANT a key of
+  :data:`VARIANTS` or an oracle, e.g. ``"A->B/transfer cls+box"`` or
+  ``"B->A/oracle (all masks)"`` (:func:`row_name`). Each holds :data:`METRICS`
+  (``mask_AP``, ``mask_AP50``, ``mask_AP75``, ``box_AP``, ``seen_mask_AP`` and their
+  ``true_box_`` counterparts, in %), the logged ``loss``, ``train_s`` (and ``eval_s``),
+  and for the e2e rows ``omega_drift_A`` / ``omega_drift_B``. An oracle's two rows of a
+  seed share one trained head (and its ``loss`` and ``train_s``).
+- ``summary[ROW][METRIC]``: mean and sd over the seeds (``common.summarise``).
+- ``claims``: the paper's orderings of :data:`CLAIMS`, in both directions, on B's mask AP
+  with detected boxes (the paper's metric) and with the true boxes, each with a per-seed
+  paired verdict (``common.compare``) and the paper's gap (None: see :data:`PAPER`).
+- ``drift``: mean and sd of the e2e rows' omega drift, and a paired verdict per direction
+  that stop-gradient keeps the seen (A) rows of omega_det closer to stage 1.
+- ``stages[str(seed)]``: that seed's stage-1 loss curve, foreground RoIs and timings;
+  ``directions``: the two direction names; ``setup``, ``paper``, ``chapter_models``.
+
+``--smoke`` runs one seed, five variants and the oracles for two steps each on the first
+two images of the committed validation split. ``--resume`` keeps the rows of a stopped
+run's partial record (``lse_table1.partial.json``); a seed whose rows are all there skips
+its stage 1 and pooling, any other seed recomputes them.
 
 Writes ``experiments/results/lse_table1.json`` and, for chapter 4's pictures, small
-fp16 state dicts (``lse_table1_*.pt``: the stage-1 backbone + box predictor, and the
-A->B class-agnostic and transfer mask branches).
+fp16 state dicts of the first seed (``lse_table1_*.pt``: the stage-1 backbone + box
+predictor, and the A->B class-agnostic and transfer cls+box mask branches), in full mode
+or with ``--save-models``.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import time
 from pathlib import Path
 
 import torch
@@ -92,7 +125,14 @@ ORACLE = "oracle (all masks)"
 # Not in the paper: how much do B's masks help a class-agnostic head at all? Its gap to
 # the class-agnostic row is all that any transfer from A to B could win back.
 ORACLE_AGNOSTIC = "oracle, class-agnostic"
-SMOKE_VARIANTS = ["class-agnostic", "transfer+MLP", "transfer, e2e"]  # every code path, a third of the time
+ORACLES = (ORACLE, ORACLE_AGNOSTIC)
+# Every code path and every row of the claims, in a few seconds.
+SMOKE_VARIANTS = ["class-agnostic", "transfer cls+box", "transfer+MLP", "transfer, e2e", "transfer, e2e + stop-grad"]
+TRAIN_SEED = 0  # the cached training split every seed trains on (the single-seed record's)
+EVAL_SEED = 2026_0206  # the evaluation split's generator seed: no training split or other record uses it
+# Each row's numbers (in %) that are summarised over the seeds; see score().
+METRICS = ("mask_AP", "mask_AP50", "mask_AP75", "box_AP", "seen_mask_AP", "true_box_mask_AP", "true_box_mask_AP50",
+           "true_box_mask_AP75", "true_box_seen_mask_AP")
 
 # Hu et al. (2018). The final model, Mask^X R-CNN (transfer+MLP, cls+box, 2-layer
 # LeakyReLU, end to end with stop-gradient) on ResNet-101-FPN, mask AP on the B classes
@@ -102,16 +142,33 @@ SMOKE_VARIANTS = ["class-agnostic", "transfer+MLP", "transfer, e2e"]  # every co
 # transfer well above class-agnostic and below the oracle, and, end to end, stop-gradient
 # needed for transfer to gain over stage-wise training.
 PAPER = {"final_model_r101_mask_AP": {"A->B": 23.8, "B->A": 29.5}}
+# The paper's orderings to check, in both directions: (claim, better variant, worse variant).
+# Transfer is the paper's best stage-wise transfer, T a 2-layer MLP reading cls+box weights.
+CLAIMS = (("transfer (cls+box, MLP T) beats class-agnostic", "transfer cls+box", "class-agnostic"),
+          ("end to end, stop-gradient beats no stop-gradient", "transfer, e2e + stop-grad", "transfer, e2e"))
+CLAIM_METRICS = ("mask_AP", "true_box_mask_AP")  # the paper's metric, then the mask branch alone
+# PAPER holds only the final model's mask AP (Table 2), not Table 1's per-row numbers, so
+# the paper's gap of each claim is None (see claims()); copy Table 1's rows from the paper
+# itself, not from memory, to fill it in.
+
+
+def row_name(direction: str, variant: str) -> str:
+    """The key of ``metrics["runs"]`` for ``variant`` in ``direction`` ("A->B" or "B->A"): ``"A->B/class-agnostic"``."""
+    return f"{direction}/{variant}"
+
+
+def rows(variants) -> list[str]:
+    """Every row a run of ``variants`` (and the oracles) makes, A->B first."""
+    return [row_name(d, v) for d in DIRECTIONS for v in [*variants, *ORACLES]]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = common.parser(NAME, __doc__.splitlines()[0])
+    p = common.seeded_parser(NAME, __doc__.splitlines()[0], iterations=600)  # --iterations: stage 2 steps per variant
+    p.set_defaults(init="scratch")  # the pretrained backbones saw B's shapes: see run()
     p.add_argument("--train-images", type=int, default=1000, help="generated training images (cached)")
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--detector-iterations", type=int, default=1000, help="stage 1 (boxes of all classes)")
     p.add_argument("--pooled-images", type=int, default=512, help="training images whose RoIs stage 2 trains on")
-    p.add_argument("--iterations", type=int, default=600, help="stage 2 steps per variant")
-    p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=0.02)
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     p.add_argument("--save-models", type=Path, default=None,
@@ -208,13 +265,14 @@ def mask_targets(pooled: list[dict], mask_set: data.CocoDataset, mask_size: int 
     return out
 
 
-def train_heads(model: nn.Module, pooled: list[dict], targets: list[dict], joint: bool, args, records: list) -> None:
+def train_heads(model: nn.Module, pooled: list[dict], targets: list[dict], joint: bool, args, records: list,
+                seed: int) -> None:
     """Train the mask branch (and with ``joint`` the box head + predictor too) on the pooled RoIs.
 
     SGD with momentum, warmup and step decay as :func:`fpnbook.train.train`; the images
     of step ``s`` are :func:`fpnbook.train.batch_indices` ``(s)`` and its mask RoIs (at most
-    ``MASK_ROIS_PER_IMAGE`` of each image's) are drawn from a generator seeded by ``s``,
-    so every variant of a direction trains on the same RoIs in the same order.
+    ``MASK_ROIS_PER_IMAGE`` of each image's) are drawn from a generator seeded by ``seed``
+    and ``s``, so every variant of a direction and seed trains on the same RoIs in the same order.
     """
     heads = model.roi_heads
     trained = [heads.mask_head, heads.mask_predictor] + ([heads.box_head, heads.box_predictor] if joint else [])
@@ -227,8 +285,8 @@ def train_heads(model: nn.Module, pooled: list[dict], targets: list[dict], joint
     agnostic = heads.class_agnostic_mask
     model.train()
     for step in range(args.iterations):
-        indices = batch_indices(step, args.batch_size, len(pooled), args.seed)
-        generator = torch.Generator().manual_seed(args.seed * 100_003 + step)
+        indices = batch_indices(step, args.batch_size, len(pooled), seed)
+        generator = torch.Generator().manual_seed(seed * 100_003 + step)
         features, labels, cut = [], [], []
         for i in indices:
             keep = targets[i]["keep"]
@@ -342,17 +400,61 @@ def save_half(state: dict, path: Path) -> None:
     torch.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, path)
 
 
-def save_chapter_models(folder: Path, stage1: dict, models: dict) -> list[str]:
-    """fp16 state dicts for chapter 4: the stage-1 backbone + box predictor, and two A->B mask branches."""
+def save_detector(folder: Path, stage1: dict) -> str:
+    """fp16 state dict for chapter 4: the stage-1 backbone + box predictor. Returns the file name."""
     folder.mkdir(parents=True, exist_ok=True)
     keep = ("backbone.", "roi_heads.box_predictor.")
     save_half({k: v for k, v in stage1.items() if k.startswith(keep)}, folder / f"{NAME}_detector.pt")
-    written = [f"{NAME}_detector.pt"]
-    for tag, model in models.items():
-        state = {k: v for k, v in model.state_dict().items() if k.startswith(("roi_heads.mask_head.", "roi_heads.mask_predictor."))}
-        save_half(state, folder / f"{NAME}_{tag}.pt")
-        written.append(f"{NAME}_{tag}.pt")
-    return written
+    return f"{NAME}_detector.pt"
+
+
+def save_mask_branch(folder: Path, tag: str, model: nn.Module) -> str:
+    """fp16 state dict for chapter 4: ``model``'s mask head and predictor (with T). Returns the file name."""
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v for k, v in model.state_dict().items() if k.startswith(("roi_heads.mask_head.", "roi_heads.mask_predictor."))}
+    save_half(state, folder / f"{NAME}_{tag}.pt")
+    return f"{NAME}_{tag}.pt"
+
+
+# The A->B mask branches chapter 4 draws, by the tag of their file.
+CHAPTER_BRANCHES = {"class-agnostic": "agnostic", "transfer cls+box": "transfer"}
+
+
+# ---------------------------------------------------------------- the record
+
+
+def claims(runs: dict, seeds) -> list[dict]:
+    """The orderings of :data:`CLAIMS` whose rows ran, per direction and :data:`CLAIM_METRICS`, each with the
+    paper's gap (None: :data:`PAPER` has no Table 1 rows) and our per-seed paired verdict (``common.compare``)."""
+    found = []
+    for claim, better, worse in CLAIMS:
+        for direction in DIRECTIONS:
+            b, w = row_name(direction, better), row_name(direction, worse)
+            if b not in runs or w not in runs:
+                continue
+            for metric in CLAIM_METRICS:
+                found.append({"claim": f"{claim} ({direction}, {'detected' if metric == 'mask_AP' else 'true'} boxes)",
+                              "direction": direction, "better": b, "worse": w, "metric": metric,
+                              "paper_gap": None,  # Table 1's numbers are not in PAPER (not typed from memory)
+                              **common.compare(runs, seeds, b, w, metric)})
+    return found
+
+
+def drift(runs: dict, seeds) -> dict:
+    """The e2e rows' omega drift (mean, sd) and, per direction, the paired verdict "stop-gradient keeps the
+    seen rows of omega_det closer to stage 1" (free drift of A's rows minus stopped drift, per seed)."""
+    e2e = {r: runs[r] for d in DIRECTIONS for r in (row_name(d, "transfer, e2e"), row_name(d, "transfer, e2e + stop-grad"))
+           if r in runs}
+    out = {"summary": {r: {m: common.mean_sd((runs[r][str(s)][m] for s in seeds), digits=4)
+                           for m in ("omega_drift_A", "omega_drift_B")} for r in e2e},
+           "stop_gradient_holds_A": {}}
+    for d in DIRECTIONS:
+        free, stopped = row_name(d, "transfer, e2e"), row_name(d, "transfer, e2e + stop-grad")
+        if free in runs and stopped in runs:
+            out["stop_gradient_holds_A"][d] = common.paired_verdict(
+                [runs[free][str(s)]["omega_drift_A"] for s in seeds], [runs[stopped][str(s)]["omega_drift_A"] for s in seeds],
+                digits=4)
+    return out
 
 
 # ---------------------------------------------------------------- the run
@@ -361,82 +463,118 @@ def save_chapter_models(folder: Path, stage1: dict, models: dict) -> list[str]:
 def run(args: argparse.Namespace) -> dict:
     if args.smoke:
         args.train_images, args.image_size, args.detector_iterations = 8, 128, 2
-        args.pooled_images, args.iterations, args.variants = 8, 2, SMOKE_VARIANTS
-    torch.manual_seed(args.seed)
-    start = time.perf_counter()
-    train_split = data.ensure_split("train", args.train_images, image_size=args.image_size, seed=args.seed,
+        args.pooled_images, args.iterations, args.variants, args.seeds = 8, 2, SMOKE_VARIANTS, args.seeds[:1]
+    if args.init != "scratch":
+        raise SystemExit("--init backbone: the book's pretrained backbones saw the shapes of every class (or of A "
+                         "only, for A->B alone), so B's masks would reach the detector; this table trains from scratch")
+    train_split = data.ensure_split("train", args.train_images, image_size=args.image_size, seed=TRAIN_SEED,
                                     progress=not args.smoke)
-    val = data.CocoDataset(*data.val_paths())
-    num_val = 2 if args.smoke else len(val)
+    if args.smoke:  # --smoke shows the script runs, not how well: no split to generate
+        val, num_val = data.CocoDataset(*data.val_paths()), 2
+    else:
+        val = data.CocoDataset(*data.ensure_split("val", args.eval_images, image_size=args.image_size, seed=EVAL_SEED,
+                                                  progress=False))
+        num_val = len(val)
+    args.eval_images = num_val  # the record's top-level eval_images: the images actually scored
     image_ids = val.image_ids[:num_val]
-
-    # Stage 1: boxes of all eight classes.
-    det = detector(args.seed)
-    config = dict(iterations=args.detector_iterations, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                  warmup_iters=min(100, args.detector_iterations // 5), device="cpu", progress=False,
-                  log_every=max(1, args.detector_iterations // 10))
-    records = train(det, data.CocoDataset(*train_split), TrainConfig(**config, **DETECTRON_RECIPE))
-    stage1 = {k: v.detach().clone() for k, v in det.state_dict().items()}
-    timings = {"stage1_s": round(time.perf_counter() - start, 1)}
-    print(f"stage 1: {timings['stage1_s']} s, loss {records[-1]['loss']:.3f}", flush=True)
-
-    # Stage 2 inputs: RoIs pooled once through the frozen detector; mask targets per setting.
-    mask_roi_pool = variant_model(ORACLE, None, stage1, args.seed).roi_heads.mask_roi_pool  # no weights
-    tic = time.perf_counter()
     num_pooled = min(args.pooled_images, args.train_images)
-    pooled = pool_training_rois(det, mask_roi_pool, data.CocoDataset(*train_split), num_pooled, args.seed)
-    settings = {"A": set(data.SPLIT_A), "B": set(data.SPLIT_B), "all": None}
-    targets = {s: mask_targets(pooled, data.CocoDataset(*train_split, mask_classes=c)) for s, c in settings.items()}
-    val_inputs = frozen_val_inputs(det, val, num_val)
-    timings["pooling_s"] = round(time.perf_counter() - tic, 1)
-    foreground = sum(len(p["mask_labels"]) for p in pooled)
-    print(f"pooled {foreground} foreground RoIs of {num_pooled} images in {timings['pooling_s']} s", flush=True)
+    save = not args.smoke or args.save_models is not None
+    folder = Path(args.save_models or common.RESULTS)
 
-    metrics = {
-        "setup": {"train_images": args.train_images, "image_size": args.image_size, "val_images": num_val,
+    metrics: dict = {
+        "setup": {"init": "scratch", "train_images": args.train_images, "image_size": args.image_size,
+                  "train_split": f"generated, {args.train_images} images of {args.image_size} px, seed {TRAIN_SEED}",
+                  "eval_split": f"generated val, {num_val} images of {args.image_size} px, seed {EVAL_SEED}"
+                  if not args.smoke else f"committed val split (first {num_val} images)", "val_images": num_val,
                   "detector_iterations": args.detector_iterations, "pooled_images": num_pooled,
-                  "foreground_rois": foreground, "rois_per_image": ROIS_PER_IMAGE, "iterations": args.iterations,
+                  "rois_per_image": ROIS_PER_IMAGE, "iterations": args.iterations,
                   "mask_layers": list(MASK_LAYERS), "mask_rois_per_image": MASK_ROIS_PER_IMAGE,
                   "batch_size": args.batch_size, "lr": args.lr, "split_A": list(data.SPLIT_A),
                   "split_B": list(data.SPLIT_B)},
-        "stage1_loss": [round(r["loss"], 4) for r in records if "loss" in r],
         "paper": PAPER,
-        "directions": {},
+        "directions": list(DIRECTIONS),
+        "runs": {r: {} for r in rows(args.variants)},
     }
-    chapter_models = {}
-    oracles = {name: variant_model(name, None, stage1, args.seed) for name in (ORACLE, ORACLE_AGNOSTIC)}
-    oracle_logs = {name: [] for name in oracles}
-    for name, oracle in oracles.items():
-        train_heads(oracle, pooled, targets["all"], False, args, oracle_logs[name])
-    for direction, (seen, unseen) in DIRECTIONS.items():
-        rows = {}
-        for name in args.variants:
-            tic, log = time.perf_counter(), []
-            model = variant_model(name, seen, stage1, args.seed)
-            joint = VARIANTS[name][3] == "e2e"
-            train_heads(model, pooled, targets["A" if seen == data.SPLIT_A else "B"], joint, args, log)
-            train_s, tic = round(time.perf_counter() - tic, 1), time.perf_counter()
-            rows[name] = {**score(model, val_inputs, val, image_ids, seen, unseen), "loss": log,
-                          "train_s": train_s, "eval_s": round(time.perf_counter() - tic, 1)}
-            if joint:
-                rows[name].update(weight_drift(stage1, model, seen, unseen))
-            if direction == "A->B" and name in ("class-agnostic", "transfer cls+box"):
-                chapter_models["agnostic" if name == "class-agnostic" else "transfer"] = model
-            print(f"{direction} {name:>28}: mask AP on B {rows[name]['mask_AP']:5.1f}, with true boxes "
-                  f"{rows[name]['true_box_mask_AP']:5.1f}  ({train_s:.0f} s + {rows[name]['eval_s']:.0f} s)", flush=True)
-        for name, oracle in oracles.items():
-            rows[name] = {**score(oracle, val_inputs, val, image_ids, seen, unseen), "loss": oracle_logs[name]}
-            print(f"{direction} {name:>28}: mask AP on B {rows[name]['mask_AP']:5.1f}, with true boxes "
-                  f"{rows[name]['true_box_mask_AP']:5.1f}", flush=True)
-        metrics["directions"][direction] = rows
-    if not args.smoke or args.save_models:
-        folder = args.save_models or common.RESULTS
-        metrics["chapter_models"] = save_chapter_models(Path(folder), stage1, chapter_models)
-    metrics["timings"] = timings
+    common.resume_runs(NAME, args, metrics)
+    metrics.setdefault("stages", {})
+    metrics.setdefault("chapter_models", [])
+
+    for seed in args.seeds:
+        todo = [r for r in metrics["runs"] if str(seed) not in metrics["runs"][r]]
+        if not todo:
+            print(f"seed {seed}: every row resumed; stage 1 skipped", flush=True)
+            continue
+        save_seed = save and seed == args.seeds[0]
+
+        # Stage 1: boxes of all eight classes.
+        with common.stopwatch() as took:
+            det = detector(seed)
+            config = dict(iterations=args.detector_iterations, batch_size=args.batch_size, lr=args.lr, seed=seed,
+                          warmup_iters=min(100, args.detector_iterations // 5), device="cpu", progress=False,
+                          log_every=max(1, args.detector_iterations // 10))
+            records = train(det, data.CocoDataset(*train_split), TrainConfig(**config, **DETECTRON_RECIPE))
+        stage1 = {k: v.detach().clone() for k, v in det.state_dict().items()}
+        stage = {"stage1_loss": [round(r["loss"], 4) for r in records if "loss" in r], "stage1_s": took["wall_s"]}
+        print(f"seed {seed} stage 1: {took['wall_s']} s, loss {records[-1]['loss']:.3f}", flush=True)
+        if save_seed and f"{NAME}_detector.pt" not in metrics["chapter_models"]:
+            metrics["chapter_models"].append(save_detector(folder, stage1))
+
+        # Stage 2 inputs: RoIs pooled once through the frozen detector; mask targets per setting.
+        mask_roi_pool = variant_model(ORACLE, None, stage1, seed).roi_heads.mask_roi_pool  # no weights
+        with common.stopwatch() as took:
+            pooled = pool_training_rois(det, mask_roi_pool, data.CocoDataset(*train_split), num_pooled, seed)
+            settings = {"A": set(data.SPLIT_A), "B": set(data.SPLIT_B), "all": None}
+            targets = {s: mask_targets(pooled, data.CocoDataset(*train_split, mask_classes=c)) for s, c in settings.items()}
+            val_inputs = frozen_val_inputs(det, val, num_val)
+        stage.update(foreground_rois=sum(len(p["mask_labels"]) for p in pooled), pooling_s=took["wall_s"])
+        metrics["stages"][str(seed)] = stage
+        print(f"seed {seed}: pooled {stage['foreground_rois']} foreground RoIs of {num_pooled} images "
+              f"in {took['wall_s']} s", flush=True)
+
+        oracles, oracle_logs = {}, {}
+        for name in ORACLES:  # trained once per seed, scored in both directions
+            if any(row_name(d, name) in todo for d in DIRECTIONS):
+                oracles[name], oracle_logs[name] = variant_model(name, None, stage1, seed), []
+                with common.stopwatch() as took:
+                    train_heads(oracles[name], pooled, targets["all"], False, args, oracle_logs[name], seed)
+                oracle_logs[name] = {"loss": oracle_logs[name], "train_s": took["wall_s"]}
+        for direction, (seen, unseen) in DIRECTIONS.items():
+            for name in [*args.variants, *ORACLES]:
+                key = row_name(direction, name)
+                if key not in todo:
+                    continue  # resumed
+                if name in ORACLES:
+                    model, log = oracles[name], dict(oracle_logs[name])
+                else:
+                    model, losses = variant_model(name, seen, stage1, seed), []
+                    joint = VARIANTS[name][3] == "e2e"
+                    with common.stopwatch() as took:
+                        train_heads(model, pooled, targets["A" if seen == data.SPLIT_A else "B"], joint, args, losses, seed)
+                    log = {"loss": losses, "train_s": took["wall_s"]}
+                with common.stopwatch() as took:
+                    row = {**score(model, val_inputs, val, image_ids, seen, unseen), **log}
+                row["eval_s"] = took["wall_s"]
+                if name in VARIANTS and VARIANTS[name][3] == "e2e":
+                    row.update(weight_drift(stage1, model, seen, unseen))
+                metrics["runs"][key][str(seed)] = row
+                if save_seed and direction == "A->B" and name in CHAPTER_BRANCHES:
+                    file = save_mask_branch(folder, CHAPTER_BRANCHES[name], model)
+                    if file not in metrics["chapter_models"]:
+                        metrics["chapter_models"].append(file)
+                print(f"seed {seed} {direction} {name:>28}: mask AP on B {row['mask_AP']:5.1f}, with true boxes "
+                      f"{row['true_box_mask_AP']:5.1f}  ({row['train_s']:.0f} s + {row['eval_s']:.0f} s)", flush=True)
+                common.write_partial(NAME, args, metrics)
+    if not save:
+        metrics.pop("chapter_models")
+    metrics["summary"] = common.summarise(metrics["runs"], args.seeds, METRICS)
+    metrics["claims"] = claims(metrics["runs"], args.seeds)
+    metrics["drift"] = drift(metrics["runs"], args.seeds)
     return metrics
 
 
-main = lambda argv=None: common.main(NAME, run, build_parser, argv)  # noqa: E731
+def main(argv: list[str] | None = None) -> dict:
+    return common.main_seeded(NAME, run, build_parser, argv)
+
 
 if __name__ == "__main__":
     main()

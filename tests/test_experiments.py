@@ -125,3 +125,18 @@ def test_roialign_table2_record_verdicts_follow_from_its_runs():
     assert metrics["claims"] == roialign_table2.claims(metrics["runs"], seeds, [16, 32])
     assert metrics["gains"]["s32"] == roialign_table2.gains(metrics["runs"], seeds, 32)
     assert_summary_follows(record)
+
+
+def test_lse_table1_record_verdicts_follow_from_its_runs():
+    from experiments import lse_table1
+
+    record = seeded_record("lse_table1")
+    metrics, seeds = record["metrics"], record["seeds"]
+    assert set(metrics["runs"]) == set(lse_table1.rows(lse_table1.VARIANTS))
+    assert all(set(rows) == {str(s) for s in seeds} for rows in metrics["runs"].values())
+    assert metrics["claims"] == lse_table1.claims(metrics["runs"], seeds)
+    assert len(metrics["claims"]) == len(lse_table1.CLAIMS) * len(lse_table1.DIRECTIONS) * len(lse_table1.CLAIM_METRICS)
+    assert metrics["drift"] == lse_table1.drift(metrics["runs"], seeds)
+    assert set(metrics["summary"]) == set(metrics["runs"])
+    assert all(set(row) == set(lse_table1.METRICS) for row in metrics["summary"].values())
+    assert_summary_follows(record)
