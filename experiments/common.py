@@ -51,6 +51,9 @@ def seeded_parser(name: str, description: str, iterations: int) -> argparse.Argu
                    help="start the body from checkpoints/backbone.pt, or from random weights")
     p.add_argument("--resume", action="store_true",
                    help="keep the rows of the partial record a stopped run of the same setup left, and run the rest")
+    p.add_argument("--merge", nargs="+", type=Path, default=[], metavar="RECORD",
+                   help="also keep the rows of these records (full or partial) of the same setup, e.g. from runs "
+                        "of other --seeds or --variants in parallel")
     return p
 
 
@@ -129,9 +132,10 @@ def ordering_claims(runs: dict, seeds: Sequence[int], claims: Sequence[tuple[str
 
 def main(name: str, run: Callable[[argparse.Namespace], dict], build_parser: Callable[[], argparse.ArgumentParser],
          argv: list[str] | None = None, cumulative: bool = False,
-         extra: Callable[[argparse.Namespace], dict] | None = None) -> dict:
+         extra: Callable[[argparse.Namespace, dict], dict] | None = None) -> dict:
     """Parse arguments, seed, time ``run(args)``, and write its record. Returns the record.
 
+    ``extra(args, metrics)``: more top-level fields of the record.
     ``cumulative``: the experiment adds to the record already at its path (as
     ``experiments/recipe.py`` does), so the record keeps that record's ``commands`` (every
     command that wrote to it, this one appended) and its ``note``.
@@ -151,7 +155,7 @@ def main(name: str, run: Callable[[argparse.Namespace], dict], build_parser: Cal
         "torch_version": torch.__version__,
         "hardware": hardware(),
         "wall_time_s": round(time.perf_counter() - start, 1),
-        **(extra(args) if extra is not None else {}),
+        **(extra(args, metrics) if extra is not None else {}),
         "metrics": metrics,
     }
     path = result_path(name, args)
@@ -171,28 +175,45 @@ def write_partial(name: str, args: argparse.Namespace, metrics: dict) -> None:
                  {"experiment": name, "partial": True, "smoke": args.smoke, "metrics": metrics})
 
 
-def resume_runs(name: str, args: argparse.Namespace, metrics: dict) -> None:
-    """With ``--resume``, copy into ``metrics["runs"]`` the rows that the partial record of a stopped run holds.
-
-    The partial record must come from the same setup (``metrics["setup"]``), else ValueError:
-    rows trained differently must not be mixed into one table.
-    """
-    if not getattr(args, "resume", False):
-        return
-    path = result_path(name, args).with_suffix(".partial.json")
+def take_rows(path: Path, metrics: dict, flag: str) -> None:
+    """Copy into ``metrics["runs"]`` the rows of the record at ``path``, which must share ``metrics["setup"]``."""
     if not path.exists():
-        raise FileNotFoundError(f"--resume: there is no partial record at {path} (run without --resume)")
+        raise FileNotFoundError(f"{flag}: there is no record at {path}")
     previous = json.loads(path.read_text())["metrics"]
     if previous.get("setup") != metrics["setup"]:
-        raise ValueError(f"--resume: {path} was made with another setup ({previous.get('setup')}), "
-                         f"not this one ({metrics['setup']}); run without --resume")
+        raise ValueError(f"{flag}: {path} was made with another setup ({previous.get('setup')}), "
+                         f"not this one ({metrics['setup']})")
     for row, seeds in previous["runs"].items():
         if row in metrics["runs"]:
             metrics["runs"][row].update(seeds)
     for key, value in previous.items():  # what the loop adds beside the rows (e.g. the logged steps)
-        metrics.setdefault(key, value)
+        if key not in ("summary", "claims"):
+            metrics.setdefault(key, value)
+
+
+def resume_runs(name: str, args: argparse.Namespace, metrics: dict) -> None:
+    """Fill ``metrics["runs"]`` with rows already trained, so that ``run`` trains only the others.
+
+    ``--resume``: the rows of the partial record a stopped run left; ``--merge``: the rows of
+    other records (runs of other seeds or rows in parallel). Every one must come from the
+    same setup (``metrics["setup"]``), else ValueError: rows trained differently must not be
+    mixed into one table.
+    """
+    if getattr(args, "resume", False):
+        path = result_path(name, args).with_suffix(".partial.json")
+        if not path.exists():
+            raise FileNotFoundError(f"--resume: there is no partial record at {path} (run without --resume)")
+        take_rows(path, metrics, "--resume")
+    for path in getattr(args, "merge", []):
+        take_rows(Path(path), metrics, "--merge")
     done = sum(len(seeds) for seeds in metrics["runs"].values())
-    print(f"resumed {done} finished runs from {path}", flush=True)
+    if done:
+        print(f"kept {done} finished runs", flush=True)
+
+
+def total_train_s(metrics: dict) -> float:
+    """Training seconds of every (row, seed) of a seeded table's metrics, whichever process ran it."""
+    return round(sum(row.get("train_s", 0.0) for seeds in metrics["runs"].values() for row in seeds.values()), 1)
 
 
 def main_seeded(name: str, run: Callable[[argparse.Namespace], dict],
@@ -203,7 +224,10 @@ def main_seeded(name: str, run: Callable[[argparse.Namespace], dict],
     ``run`` kept with :func:`write_partial` is removed once the full one is written.
     """
     args = build_parser().parse_args(argv)
-    record = main(name, run, build_parser, argv, extra=lambda a: {"seeds": a.seeds, "eval_images": a.eval_images})
+    # train_s_all_rows: what the table cost to train, also when --resume or --merge brought rows in
+    record = main(name, run, build_parser, argv,
+                  extra=lambda a, metrics: {"seeds": a.seeds, "eval_images": a.eval_images,
+                                            "train_s_all_rows": total_train_s(metrics)})
     if not args.smoke or args.out is not None:  # the full record is written: the partial one is stale
         result_path(name, args).with_suffix(".partial.json").unlink(missing_ok=True)
     return record

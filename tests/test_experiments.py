@@ -63,6 +63,16 @@ def test_resume_keeps_the_finished_rows_of_the_same_setup_only(tmp_path):
     untouched = {"setup": {"iterations": 20}, "runs": {"a": {}}}
     resume_runs("t", argparse.Namespace(out=args.out, smoke=False, resume=False), untouched)
     assert untouched["runs"] == {"a": {}}
+    # --merge brings in the rows of other records of the same setup, e.g. another seed run in parallel.
+    other = tmp_path / "other.json"
+    write_partial("t", argparse.Namespace(out=other, smoke=False), {"setup": {"iterations": 10},
+                                                                     "runs": {"b": {"1": {"AP": 2.0}}}})
+    merged = {"setup": {"iterations": 10}, "runs": {"a": {}, "b": {}}}
+    resume_runs("t", argparse.Namespace(out=args.out, smoke=False, resume=True, merge=[other.with_suffix(".partial.json")]),
+                merged)
+    assert merged["runs"] == {"a": {"0": {"AP": 1.0}}, "b": {"1": {"AP": 2.0}}}
+    with pytest.raises(FileNotFoundError, match="--merge"):
+        resume_runs("t", argparse.Namespace(out=args.out, smoke=False, resume=False, merge=[tmp_path / "none.json"]), merged)
 
 
 def test_mask_table2b_record_verdicts_follow_from_its_runs():
