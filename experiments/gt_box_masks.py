@@ -75,9 +75,44 @@ class GTBoxMaskModel(nn.Module):
         return self.predictor(self.head(rois))
 
 
+class ClassMeanMasks(nn.Module):
+    """A reference that reads no feature at all: every box gets its class's mean 28 x 28 mask target.
+
+    Built from the first ``count`` images of a training set (:meth:`fit`); its "logits" are
+    the mean masks themselves, [L, K + 1, 28, 28], to be read with :func:`class_channel`. It
+    shows how much of a mask AP the box and class alone explain.
+    """
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.register_buffer("means", torch.zeros(num_classes + 1, MASK_SIZE, MASK_SIZE))
+
+    @torch.no_grad()
+    def fit(self, dataset: data.CocoDataset, count: int) -> "ClassMeanMasks":
+        sums, counts = torch.zeros_like(self.means), torch.zeros(len(self.means))
+        for i in range(min(count, len(dataset))):
+            _, target = dataset[i]
+            boxes, labels = target["boxes"].as_subclass(Tensor), target["labels"]
+            if len(boxes):
+                masks = project_masks_on_boxes(target["masks"].as_subclass(Tensor), boxes, torch.arange(len(boxes)),
+                                               MASK_SIZE)
+                sums.index_add_(0, labels, masks)
+                counts += torch.bincount(labels, minlength=len(counts)).float()
+        self.means.copy_(sums / counts.clamp(min=1)[:, None, None])
+        return self
+
+    def forward(self, batch: Tensor, boxes: list[Tensor]) -> Tensor:
+        return self.means.expand(sum(len(b) for b in boxes), *self.means.shape)
+
+
+def class_channel(logits: Tensor, labels: Tensor) -> Tensor:
+    """Each box's own class channel, as it is: Tensor[L, 1, 28, 28]."""
+    return logits[torch.arange(len(labels)), labels][:, None]
+
+
 def class_sigmoid_probs(logits: Tensor, labels: Tensor) -> Tensor:
     """Mask R-CNN's reading: the sigmoid of each box's own class channel, Tensor[L, 1, 28, 28]."""
-    return logits[torch.arange(len(labels)), labels][:, None].sigmoid()
+    return class_channel(logits, labels).sigmoid()
 
 
 def train_masks(model: GTBoxMaskModel, loss_fn: MaskLoss, dataset: data.CocoDataset, iterations: int,

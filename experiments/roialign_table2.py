@@ -26,7 +26,9 @@ script isolates that one choice and keeps the rest of the mask branch of Table 2
 The record holds every seed's AP / AP50 / AP75 per row, their mean and sd, and a
 per-seed paired verdict (``experiments.common.paired_verdict``) for each of the paper's
 claims: RoIAlign beats RoIPool at each stride; the gain is larger at stride 32; the gain
-is larger at AP75 than at AP50. Writes ``experiments/results/roialign_table2.json``;
+is larger at AP75 than at AP50. It also scores a reference that reads no feature, each
+box's class-mean mask (``class_mean_masks``), to show what the box and class alone explain.
+Writes ``experiments/results/roialign_table2.json``;
 chapter 3 reads it.
 """
 
@@ -37,7 +39,8 @@ import argparse
 import torch
 
 from experiments import common
-from experiments.gt_box_masks import GTBoxMaskModel, class_sigmoid_probs, mask_ap, train_masks
+from experiments.gt_box_masks import (ClassMeanMasks, GTBoxMaskModel, class_channel, class_sigmoid_probs, mask_ap,
+                                     train_masks)
 from fpnbook import data
 from fpnbook.pretrain import read_backbone
 from fpnbook.roi_heads import mask_loss
@@ -133,6 +136,14 @@ def run(args: argparse.Namespace) -> dict:
                 print(f"seed {seed} {key:>9}: " + "  ".join(f"{m} {row[m]:5.1f}" for m in METRICS)
                       + f"  loss {row['final_loss']:.3f}  ({took['wall_s']:.0f} s)", flush=True)
                 common.write_partial(NAME, args, metrics)
+    # A reference that reads no feature: each box gets its class's mean mask (from as many
+    # training images as one run sees). How close the rows come to it says how much of
+    # their AP the features add beyond the box and the class.
+    means = ClassMeanMasks(train_set.num_classes).fit(train_set, args.iterations * args.batch_size)
+    metrics["class_mean_masks"] = {m: round(100 * v, 2) for m, v in
+                                   mask_ap(means, class_channel, eval_set, args.eval_images).items() if m in METRICS}
+    sides = torch.tensor([a["bbox"][2] * a["bbox"][3] for a in eval_set.coco.loadAnns(eval_set.coco.getAnnIds())]).sqrt()
+    metrics["eval_median_box_side_px"] = round(sides.median().item(), 1)
     metrics["summary"] = common.summarise(metrics["runs"], args.seeds, METRICS)
     metrics["gains"] = {f"s{st}": gains(metrics["runs"], args.seeds, st) for st in args.strides}
     metrics["claims"] = claims(metrics["runs"], args.seeds, args.strides)
