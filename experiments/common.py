@@ -24,7 +24,7 @@ import torch
 
 import fpnbook
 from fpnbook.files import atomic_write_text
-from fpnbook.train import hardware
+from fpnbook.train import TrainConfig, hardware
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -173,6 +173,21 @@ def write_partial(name: str, args: argparse.Namespace, metrics: dict) -> None:
     """Keep what has finished in ``NAME.partial.json``, so a run stopped half way still leaves its first rows."""
     write_record(result_path(name, args).with_suffix(".partial.json"),
                  {"experiment": name, "partial": True, "smoke": args.smoke, "metrics": metrics})
+
+
+def pending(runs: dict, seeds: Sequence[int], rows: Sequence[str]) -> Iterator[tuple[int, str]]:
+    """``(seed, row)`` in training order, seed by seed, skipping those ``runs`` already holds (resumed or merged)."""
+    for seed in seeds:
+        for row in rows:
+            if str(seed) not in runs[row]:
+                yield seed, row
+
+
+def table_config(args: argparse.Namespace, seed: int) -> TrainConfig:
+    """The book's default recipe for one seed of a table: ``--iterations`` of ``--batch-size``, on the CPU."""
+    return TrainConfig(iterations=args.iterations, batch_size=args.batch_size, seed=seed,
+                       warmup_iters=min(100, args.iterations // 5), device="cpu",
+                       log_every=max(1, args.iterations // 10), progress=not args.smoke)
 
 
 def take_rows(path: Path, metrics: dict, flag: str) -> None:

@@ -34,7 +34,7 @@ from fpnbook import data
 from fpnbook.models import ModelConfig, retinanet_tiny
 from fpnbook.pretrain import load_backbone, read_backbone
 from fpnbook.retinanet import RetinaNet
-from fpnbook.train import TrainConfig, evaluate_model, train
+from fpnbook.train import evaluate_model, train
 
 NAME = "focal_table1"
 # The classification loss of each row: RetinaNet keyword arguments.
@@ -102,29 +102,24 @@ def run(args: argparse.Namespace) -> dict:
         "runs": {v: {} for v in args.variants},
     }
     common.resume_runs(NAME, args, metrics)
-    for seed in args.seeds:
-        config = TrainConfig(iterations=args.iterations, batch_size=args.batch_size, seed=seed,
-                             warmup_iters=min(100, args.iterations // 5), device="cpu",
-                             log_every=max(1, args.iterations // 10), progress=not args.smoke)
-        for variant in args.variants:
-            if str(seed) in metrics["runs"][variant]:
-                continue  # resumed
-            torch.manual_seed(seed)  # the same initial weights for every row of a seed
-            model = build_model(variant, train_set.num_classes, init)
-            with common.stopwatch() as took:
-                records = train(model, train_set, config)
-            stats = evaluate_model(model, val, device="cpu")["bbox"]
-            gamma, alpha = model.focal_params()
-            losses = [r for r in records if "loss" in r]
-            row = {**{m: round(100 * stats[m], 2) for m in METRICS}, "gamma": gamma, "alpha": alpha,
-                   "train_s": took["wall_s"], "train_cpu_s": took["cpu_s"],
-                   "classification_loss": [round(r["classification"], 4) for r in losses],
-                   "box_loss": [round(r["bbox_regression"], 4) for r in losses]}
-            metrics["runs"][variant][str(seed)] = row
-            metrics["steps"] = [r["step"] for r in losses]
-            print(f"seed {seed} {variant:>8}: " + "  ".join(f"{m} {row[m]:5.1f}" for m in METRICS)
-                  + f"  ({took['wall_s']:.0f} s)", flush=True)
-            common.write_partial(NAME, args, metrics)
+    for seed, variant in common.pending(metrics["runs"], args.seeds, args.variants):
+        config = common.table_config(args, seed)
+        torch.manual_seed(seed)  # the same initial weights for every row of a seed
+        model = build_model(variant, train_set.num_classes, init)
+        with common.stopwatch() as took:
+            records = train(model, train_set, config)
+        stats = evaluate_model(model, val, device="cpu")["bbox"]
+        gamma, alpha = model.focal_params()
+        losses = [r for r in records if "loss" in r]
+        row = {**{m: round(100 * stats[m], 2) for m in METRICS}, "gamma": gamma, "alpha": alpha,
+               "train_s": took["wall_s"], "train_cpu_s": took["cpu_s"],
+               "classification_loss": [round(r["classification"], 4) for r in losses],
+               "box_loss": [round(r["bbox_regression"], 4) for r in losses]}
+        metrics["runs"][variant][str(seed)] = row
+        metrics["steps"] = [r["step"] for r in losses]
+        print(f"seed {seed} {variant:>8}: " + "  ".join(f"{m} {row[m]:5.1f}" for m in METRICS)
+              + f"  ({took['wall_s']:.0f} s)", flush=True)
+        common.write_partial(NAME, args, metrics)
     metrics["summary"] = common.summarise(metrics["runs"], args.seeds, METRICS)
     metrics["claims"] = common.ordering_claims(metrics["runs"], args.seeds, CLAIMS, PAPER)
     return metrics

@@ -36,7 +36,7 @@ from fpnbook import backbone, data
 from fpnbook.evaluate import coco_evaluate, to_coco_results
 from fpnbook.pretrain import read_backbone
 from fpnbook.rcnn import RPN_FEATURES, RPNModel
-from fpnbook.train import TrainConfig, predict, train
+from fpnbook.train import predict, train
 
 NAME = "fpn_table1"
 VARIANTS = RPN_FEATURES  # c4, c5, fpn, bottom_up, no_lateral, p2
@@ -127,25 +127,20 @@ def run(args: argparse.Namespace) -> dict:
                                "recipe": "TrainConfig defaults (AdamW, warm-up + cosine, EMA)"},
                      "paper": PAPER, "runs": {v: {} for v in args.variants}}
     common.resume_runs(NAME, args, metrics)
-    for seed in args.seeds:
-        config = TrainConfig(iterations=args.iterations, batch_size=args.batch_size, seed=seed,
-                             warmup_iters=min(100, args.iterations // 5), device="cpu",
-                             log_every=max(1, args.iterations // 10), progress=not args.smoke)
-        for features in args.variants:
-            if str(seed) in metrics["runs"][features]:
-                continue  # resumed
-            torch.manual_seed(seed)  # the same initial weights for every variant of a seed
-            model = build_model(features, args.backbone, init)
-            with common.stopwatch() as took:
-                records = train(model, train_set, config)
-            row = {**average_recall(model, val, num_val), "train_s": took["wall_s"], "train_cpu_s": took["cpu_s"],
-                   "final_loss": round(sum(r["loss"] for r in records[-5:] if "loss" in r)
-                                       / max(1, sum("loss" in r for r in records[-5:])), 4),
-                   "anchors_per_location": model.rpn.anchor_generator.num_anchors_per_location()}
-            metrics["runs"][features][str(seed)] = row
-            print(f"seed {seed} {features:>10}: " + "  ".join(f"{k} {row[k]:5.1f}" for k in METRICS)
-                  + f"  ({took['wall_s']:.0f} s)", flush=True)
-            common.write_partial(NAME, args, metrics)
+    for seed, features in common.pending(metrics["runs"], args.seeds, args.variants):
+        config = common.table_config(args, seed)
+        torch.manual_seed(seed)  # the same initial weights for every variant of a seed
+        model = build_model(features, args.backbone, init)
+        with common.stopwatch() as took:
+            records = train(model, train_set, config)
+        row = {**average_recall(model, val, num_val), "train_s": took["wall_s"], "train_cpu_s": took["cpu_s"],
+               "final_loss": round(sum(r["loss"] for r in records[-5:] if "loss" in r)
+                                   / max(1, sum("loss" in r for r in records[-5:])), 4),
+               "anchors_per_location": model.rpn.anchor_generator.num_anchors_per_location()}
+        metrics["runs"][features][str(seed)] = row
+        print(f"seed {seed} {features:>10}: " + "  ".join(f"{k} {row[k]:5.1f}" for k in METRICS)
+              + f"  ({took['wall_s']:.0f} s)", flush=True)
+        common.write_partial(NAME, args, metrics)
     metrics["summary"] = common.summarise(metrics["runs"], args.seeds, METRICS)
     metrics["claims"] = common.ordering_claims(metrics["runs"], args.seeds, CLAIMS, PAPER)
     return metrics

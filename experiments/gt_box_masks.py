@@ -115,6 +115,19 @@ def class_sigmoid_probs(logits: Tensor, labels: Tensor) -> Tensor:
     return class_channel(logits, labels).sigmoid()
 
 
+def splits(smoke: bool, eval_images: int, eval_seed: int) -> tuple[data.CocoDataset, data.CocoDataset]:
+    """The cached 10,000-image training split, and a generated evaluation split of ``eval_images`` of ``eval_seed``.
+
+    ``smoke`` evaluates on the committed validation split instead: a smoke run shows the
+    script runs, not how well, and should not generate a split.
+    """
+    train_set = data.CocoDataset(*data.ensure_split("train", 10000, image_size=256, seed=0, progress=False))
+    if smoke:
+        return train_set, data.CocoDataset(*data.val_paths())
+    return train_set, data.CocoDataset(*data.ensure_split("val", eval_images, image_size=256, seed=eval_seed,
+                                                          progress=False))
+
+
 def train_masks(model: GTBoxMaskModel, loss_fn: MaskLoss, dataset: data.CocoDataset, iterations: int,
                 batch_size: int, seed: int, log: str | None = None) -> list[float]:
     """Train ``model`` with the book's default recipe; returns the loss of every step.

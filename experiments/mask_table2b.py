@@ -42,8 +42,7 @@ import torch
 from torch import Tensor
 
 from experiments import common
-from experiments.gt_box_masks import GTBoxMaskModel, class_sigmoid_probs, mask_ap, train_masks
-from fpnbook import data
+from experiments.gt_box_masks import GTBoxMaskModel, class_sigmoid_probs, mask_ap, splits, train_masks
 from fpnbook.pretrain import read_backbone
 from fpnbook.roi_heads import mask_loss, softmax_mask_loss, softmax_mask_probs
 
@@ -83,12 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> dict:
     if args.smoke:
         args.iterations, args.batch_size, args.eval_images, args.seeds = 2, 2, 4, args.seeds[:1]
-    train_set = data.CocoDataset(*data.ensure_split("train", 10000, image_size=256, seed=0, progress=False))
-    if args.smoke:  # --smoke shows the script runs, not how well: no split to generate
-        eval_set = data.CocoDataset(*data.val_paths())
-    else:
-        eval_set = data.CocoDataset(*data.ensure_split("val", args.eval_images, image_size=256, seed=EVAL_SEED,
-                                                       progress=False))
+    train_set, eval_set = splits(args.smoke, args.eval_images, EVAL_SEED)
     init = read_backbone(INIT) if args.init == "backbone" else None
     metrics: dict = {
         "setup": {"features": "resnet_tiny (GN) C4, stride 16, 1x1 conv to 64", "init": args.init,
@@ -102,25 +96,22 @@ def run(args: argparse.Namespace) -> dict:
         "runs": {v: {} for v in VARIANTS},
     }
     common.resume_runs(NAME, args, metrics)
-    for seed in args.seeds:
-        for variant in VARIANTS:
-            if str(seed) in metrics["runs"][variant]:
-                continue  # resumed
-            torch.manual_seed(seed)  # the same initial head weights for both variants of a seed
-            model = GTBoxMaskModel(train_set.num_classes, init, level="c4", pool="align", aligned=True)
-            with common.stopwatch() as took:
-                losses = train_masks(model, lambda *a, v=variant: loss_of(v, *a), train_set, args.iterations,
-                                     args.batch_size, seed, log=None if args.smoke else f"{variant} seed {seed}")
-            stats = mask_ap(model, lambda *a, v=variant: probs_of(v, *a), eval_set, args.eval_images)
-            row = {**{m: round(100 * stats[m], 2) for m in METRICS}, "train_s": took["wall_s"],
-                   **({f"AP_{reading}": round(100 * mask_ap(model, lambda *a, r=reading: probs_of(r, *a), eval_set,
-                                                               args.eval_images)["AP"], 2)
-                       for reading in ("softmax_p", "softmax_fg")} if variant == "softmax" else {}),
-                   "final_loss": round(sum(losses[-20:]) / max(1, len(losses[-20:])), 4)}
-            metrics["runs"][variant][str(seed)] = row
-            print(f"seed {seed} {variant:>8}: " + "  ".join(f"{m} {row[m]:5.1f}" for m in METRICS)
-                  + f"  loss {row['final_loss']:.3f}  ({took['wall_s']:.0f} s)", flush=True)
-            common.write_partial(NAME, args, metrics)
+    for seed, variant in common.pending(metrics["runs"], args.seeds, VARIANTS):
+        torch.manual_seed(seed)  # the same initial head weights for both variants of a seed
+        model = GTBoxMaskModel(train_set.num_classes, init, level="c4", pool="align", aligned=True)
+        with common.stopwatch() as took:
+            losses = train_masks(model, lambda *a, v=variant: loss_of(v, *a), train_set, args.iterations,
+                                 args.batch_size, seed, log=None if args.smoke else f"{variant} seed {seed}")
+        stats = mask_ap(model, lambda *a, v=variant: probs_of(v, *a), eval_set, args.eval_images)
+        row = {**{m: round(100 * stats[m], 2) for m in METRICS}, "train_s": took["wall_s"],
+               **({f"AP_{reading}": round(100 * mask_ap(model, lambda *a, r=reading: probs_of(r, *a), eval_set,
+                                                           args.eval_images)["AP"], 2)
+                   for reading in ("softmax_p", "softmax_fg")} if variant == "softmax" else {}),
+               "final_loss": round(sum(losses[-20:]) / max(1, len(losses[-20:])), 4)}
+        metrics["runs"][variant][str(seed)] = row
+        print(f"seed {seed} {variant:>8}: " + "  ".join(f"{m} {row[m]:5.1f}" for m in METRICS)
+              + f"  loss {row['final_loss']:.3f}  ({took['wall_s']:.0f} s)", flush=True)
+        common.write_partial(NAME, args, metrics)
     metrics["summary"] = common.summarise(metrics["runs"], args.seeds, METRICS)
     metrics["sigmoid_minus_softmax"] = {m: common.compare(metrics["runs"], args.seeds, "sigmoid", "softmax", m)
                                         for m in METRICS}

@@ -40,8 +40,7 @@ import torch
 
 from experiments import common
 from experiments.gt_box_masks import (ClassMeanMasks, GTBoxMaskModel, class_channel, class_sigmoid_probs, mask_ap,
-                                     train_masks)
-from fpnbook import data
+                                     splits, train_masks)
 from fpnbook.pretrain import read_backbone
 from fpnbook.roi_heads import mask_loss
 
@@ -97,12 +96,7 @@ def claims(runs: dict, seeds: list[int], strides: list[int]) -> list[dict]:
 def run(args: argparse.Namespace) -> dict:
     if args.smoke:
         args.iterations, args.batch_size, args.eval_images, args.seeds = 2, 2, 4, args.seeds[:1]
-    train_set = data.CocoDataset(*data.ensure_split("train", 10000, image_size=256, seed=0, progress=False))
-    if args.smoke:  # --smoke shows the script runs, not how well: no split to generate
-        eval_set = data.CocoDataset(*data.val_paths())
-    else:
-        eval_set = data.CocoDataset(*data.ensure_split("val", args.eval_images, image_size=256, seed=EVAL_SEED,
-                                                       progress=False))
+    train_set, eval_set = splits(args.smoke, args.eval_images, EVAL_SEED)
     init = read_backbone(INIT) if args.init == "backbone" else None
     metrics: dict = {
         "setup": {"features": "resnet_tiny (GN) C4 (stride 16) or C5 (stride 32), 1x1 conv to 64", "init": args.init,
@@ -118,24 +112,21 @@ def run(args: argparse.Namespace) -> dict:
         "runs": {f"{pool}_s{stride}": {} for stride in args.strides for pool in POOLS},
     }
     common.resume_runs(NAME, args, metrics)
-    for seed in args.seeds:
-        for stride in args.strides:
-            for pool in POOLS:
-                key = f"{pool}_s{stride}"
-                if str(seed) in metrics["runs"][key]:
-                    continue  # resumed
-                torch.manual_seed(seed)  # the same initial weights for both pools at a stride
-                model = GTBoxMaskModel(train_set.num_classes, init, level=LEVELS[stride], pool=pool, aligned=False)
-                with common.stopwatch() as took:
-                    losses = train_masks(model, mask_loss, train_set, args.iterations, args.batch_size, seed,
-                                         log=None if args.smoke else f"{key} seed {seed}")
-                stats = mask_ap(model, class_sigmoid_probs, eval_set, args.eval_images)
-                row = {**{m: round(100 * stats[m], 2) for m in METRICS}, "train_s": took["wall_s"],
-                       "final_loss": round(sum(losses[-20:]) / max(1, len(losses[-20:])), 4)}
-                metrics["runs"][key][str(seed)] = row
-                print(f"seed {seed} {key:>9}: " + "  ".join(f"{m} {row[m]:5.1f}" for m in METRICS)
-                      + f"  loss {row['final_loss']:.3f}  ({took['wall_s']:.0f} s)", flush=True)
-                common.write_partial(NAME, args, metrics)
+    rows = {f"{pool}_s{stride}": (stride, pool) for stride in args.strides for pool in POOLS}
+    for seed, key in common.pending(metrics["runs"], args.seeds, list(rows)):
+        stride, pool = rows[key]
+        torch.manual_seed(seed)  # the same initial weights for both pools at a stride
+        model = GTBoxMaskModel(train_set.num_classes, init, level=LEVELS[stride], pool=pool, aligned=False)
+        with common.stopwatch() as took:
+            losses = train_masks(model, mask_loss, train_set, args.iterations, args.batch_size, seed,
+                                 log=None if args.smoke else f"{key} seed {seed}")
+        stats = mask_ap(model, class_sigmoid_probs, eval_set, args.eval_images)
+        row = {**{m: round(100 * stats[m], 2) for m in METRICS}, "train_s": took["wall_s"],
+               "final_loss": round(sum(losses[-20:]) / max(1, len(losses[-20:])), 4)}
+        metrics["runs"][key][str(seed)] = row
+        print(f"seed {seed} {key:>9}: " + "  ".join(f"{m} {row[m]:5.1f}" for m in METRICS)
+              + f"  loss {row['final_loss']:.3f}  ({took['wall_s']:.0f} s)", flush=True)
+        common.write_partial(NAME, args, metrics)
     # A reference that reads no feature: each box gets its class's mean mask (from as many
     # training images as one run sees). How close the rows come to it says how much of
     # their AP the features add beyond the box and the class.
