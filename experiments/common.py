@@ -194,16 +194,20 @@ def take_rows(path: Path, metrics: dict, flag: str) -> None:
     """Copy into ``metrics["runs"]`` the rows of the record at ``path``, which must share ``metrics["setup"]``."""
     if not path.exists():
         raise FileNotFoundError(f"{flag}: there is no record at {path}")
-    previous = json.loads(path.read_text())["metrics"]
+    record = json.loads(path.read_text())
+    previous = record["metrics"]
     if previous.get("setup") != metrics["setup"]:
         raise ValueError(f"{flag}: {path} was made with another setup ({previous.get('setup')}), "
                          f"not this one ({metrics['setup']})")
-    for row, seeds in previous["runs"].items():
-        if row in metrics["runs"]:
-            metrics["runs"][row].update(seeds)
+    taken = {row: sorted(seeds) for row, seeds in previous["runs"].items() if row in metrics["runs"] and seeds}
+    for row in taken:
+        metrics["runs"][row].update(previous["runs"][row])
     for key, value in previous.items():  # what the loop adds beside the rows (e.g. the logged steps)
-        if key not in ("summary", "claims"):
+        if key not in ("summary", "claims", "taken_rows"):
             metrics.setdefault(key, value)
+    # Where each kept row came from: the record, and the command that made it (a partial record has none).
+    metrics.setdefault("taken_rows", []).append({"flag": flag, "record": str(path), "command": record.get("command"),
+                                                 "rows": taken})
 
 
 def resume_runs(name: str, args: argparse.Namespace, metrics: dict) -> None:
