@@ -194,8 +194,12 @@ def take_rows(path: Path, metrics: dict, flag: str) -> None:
     """Copy into ``metrics["runs"]`` the rows of the record at ``path``, which must share ``metrics["setup"]``."""
     if not path.exists():
         raise FileNotFoundError(f"{flag}: there is no record at {path}")
-    record = json.loads(path.read_text())
-    previous = record["metrics"]
+    try:
+        record = json.loads(path.read_text())
+        previous = record["metrics"]
+        previous["runs"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise ValueError(f"{flag}: {path} is not an experiment record with metrics.runs") from None
     if previous.get("setup") != metrics["setup"]:
         raise ValueError(f"{flag}: {path} was made with another setup ({previous.get('setup')}), "
                          f"not this one ({metrics['setup']})")
@@ -206,8 +210,9 @@ def take_rows(path: Path, metrics: dict, flag: str) -> None:
         if key not in ("summary", "claims", "taken_rows"):
             metrics.setdefault(key, value)
     # Where each kept row came from: the record, and the command that made it (a partial record has none).
-    metrics.setdefault("taken_rows", []).append({"flag": flag, "record": str(path), "command": record.get("command"),
-                                                 "rows": taken})
+    history = metrics.setdefault("taken_rows", [])
+    history.extend(entry for entry in previous.get("taken_rows", []) if entry not in history)
+    history.append({"flag": flag, "record": str(path), "command": record.get("command"), "rows": taken})
 
 
 def resume_runs(name: str, args: argparse.Namespace, metrics: dict) -> None:

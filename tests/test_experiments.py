@@ -71,6 +71,9 @@ def test_resume_keeps_the_finished_rows_of_the_same_setup_only(tmp_path):
     resume_runs("t", argparse.Namespace(out=args.out, smoke=False, resume=True, merge=[other.with_suffix(".partial.json")]),
                 merged)
     assert merged["runs"] == {"a": {"0": {"AP": 1.0}}, "b": {"1": {"AP": 2.0}}}
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not an experiment record"):
+        resume_runs("t", argparse.Namespace(out=args.out, smoke=False, resume=False, merge=[tmp_path / "bad.json"]), merged)
     with pytest.raises(FileNotFoundError, match="--merge"):
         resume_runs("t", argparse.Namespace(out=args.out, smoke=False, resume=False, merge=[tmp_path / "none.json"]), merged)
 
