@@ -52,6 +52,8 @@ MARKER = ".fpnbook-site-src"
 CSS = """\
 /* fpnbook: figures as wide as the text column, never wider */
 .cell_output img { max-width: 100%; height: auto; }
+/* a long code span in a heading wraps instead of running past the column */
+h1 code, h2 code, h3 code, h1 code .pre, h2 code .pre, h3 code .pre { overflow-wrap: anywhere; white-space: normal; }
 """
 
 

@@ -135,6 +135,10 @@ def test_chapter_page_reads_offline(visit, screenshot_dir, chapter):
     assert page.locator("div.highlight-ipython3 span.k, div.highlight-ipython3 span.kn").count() > 0
     assert page.locator("article a[href*='arxiv.org']").count() > 0
     assert page.locator("nav.bd-links a").count() >= len(CHAPTERS)
+    # No heading runs past the text column (long code spans in headings wrap).
+    wide = page.evaluate("() => [...document.querySelectorAll('article h1, article h2, article h3')]"
+                         ".filter(h => h.scrollWidth > h.clientWidth + 1).map(h => h.textContent)")
+    assert not wide, f"headings wider than the column: {wide}"
     if chapter in WITH_WIDGETS:
         page.locator(".widget-slider").first.wait_for(timeout=30_000)
     page.wait_for_timeout(300)
