@@ -32,7 +32,8 @@
 # 5. **Which level pools a RoI** (`fpnbook.poolers`): $k = \lfloor k_0 + \log_2(\sqrt{wh}/224) \rfloor$,
 #    and what 224 becomes on our small images.
 # 6. **FPN Table 1 in miniature** (`fpnbook.rpn`, `experiments/fpn_table1.py`): an RPN
-#    on C4, on C5 and on the FPN, trained alike and scored by average recall.
+#    on C4, on C5, on the FPN and on its three ablations, trained alike over three seeds
+#    and scored by average recall.
 #
 # Boxes are `(x1, y1, x2, y2)` in input-image pixels (`fpnbook.boxes`); a map of level
 # `k` (`ck` or `pk`) has stride `2**k`.
