@@ -18,15 +18,17 @@ and no box head and detection cannot differ between runs; only the masks can.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import copy
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
+from pycocotools.coco import COCO
 from torch import Tensor, nn
 
 from fpnbook import data
 from fpnbook.backbone import resnet_tiny
-from fpnbook.evaluate import coco_evaluate, to_coco_results
+from fpnbook.evaluate import coco_evaluate, coco_from_dict, to_coco_results
 from fpnbook.images import batch_images
 from fpnbook.ops import roi_align, roi_pool
 from fpnbook.roi_heads import MaskHead, MaskPredictor, paste_masks_in_image, project_masks_on_boxes
@@ -88,17 +90,28 @@ class ClassMeanMasks(nn.Module):
         self.register_buffer("means", torch.zeros(num_classes + 1, MASK_SIZE, MASK_SIZE))
 
     @torch.no_grad()
-    def fit(self, dataset: data.CocoDataset, count: int) -> "ClassMeanMasks":
+    def fit(self, dataset: data.CocoDataset, count: int, pooled: Iterable[int] | None = None) -> "ClassMeanMasks":
+        """Mean mask targets of the objects of the first ``count`` images of ``dataset``.
+
+        ``pooled``: labels whose objects are averaged into one mean mask that every class
+        gets, a reference that knows masks but not which class a box holds (None: each
+        class its own mean).
+        """
         sums, counts = torch.zeros_like(self.means), torch.zeros(len(self.means))
+        pooled = None if pooled is None else torch.tensor(sorted(pooled))
         for i in range(min(count, len(dataset))):
             _, target = dataset[i]
             boxes, labels = target["boxes"].as_subclass(Tensor), target["labels"]
+            masks = target["masks"].as_subclass(Tensor)
+            if pooled is not None:
+                keep = torch.isin(labels, pooled)
+                boxes, masks, labels = boxes[keep], masks[keep], torch.zeros_like(labels[keep])  # all into row 0
             if len(boxes):
-                masks = project_masks_on_boxes(target["masks"].as_subclass(Tensor), boxes, torch.arange(len(boxes)),
-                                               MASK_SIZE)
-                sums.index_add_(0, labels, masks)
+                sums.index_add_(0, labels, project_masks_on_boxes(masks, boxes, torch.arange(len(boxes)), MASK_SIZE))
                 counts += torch.bincount(labels, minlength=len(counts)).float()
         self.means.copy_(sums / counts.clamp(min=1)[:, None, None])
+        if pooled is not None:
+            self.means.copy_(self.means[:1].expand_as(self.means))
         return self
 
     def forward(self, batch: Tensor, boxes: list[Tensor]) -> Tensor:
@@ -169,10 +182,20 @@ def train_masks(model: GTBoxMaskModel, loss_fn: MaskLoss, dataset: data.CocoData
 
 
 @torch.no_grad()
-def mask_ap(model: GTBoxMaskModel, probs_fn: MaskProbs, dataset: data.CocoDataset, count: int) -> dict[str, float]:
+def restricted_gt(dataset: data.CocoDataset, category_ids) -> COCO:
+    """``dataset``'s ground truth with only ``category_ids``' annotations and categories (all images kept)."""
+    coco = copy.deepcopy(dataset.coco.dataset)
+    coco["annotations"] = [a for a in coco["annotations"] if a["category_id"] in category_ids]
+    coco["categories"] = [c for c in coco["categories"] if c["id"] in category_ids]
+    return coco_from_dict(coco, f"{dataset.ann_file}, restricted to categories {sorted(category_ids)}")
+
+
+def mask_ap(model: GTBoxMaskModel, probs_fn: MaskProbs, dataset: data.CocoDataset, count: int,
+            labels_only: Iterable[int] | None = None) -> dict[str, float]:
     """COCO mask stats of the masks ``probs_fn`` reads for the ground-truth boxes of the first ``count`` images.
 
     Each box gets its mask, pasted into the image and cut at 0.5, with score 1.
+    ``labels_only``: score only the objects and categories of these labels (default: all).
     """
     model.eval()
     outputs, image_ids = [], []
@@ -185,4 +208,9 @@ def mask_ap(model: GTBoxMaskModel, probs_fn: MaskProbs, dataset: data.CocoDatase
         outputs.append({"boxes": boxes, "labels": labels, "scores": torch.ones(len(labels)), "masks": masks})
         image_ids.append(dataset.image_ids[i])
     results = to_coco_results(outputs, image_ids, dataset.label_to_cat_id)
-    return coco_evaluate(dataset.coco, results, iou_types=("segm",), image_ids=image_ids)["segm"]
+    gt = dataset.coco
+    if labels_only is not None:
+        category_ids = {dataset.label_to_cat_id[label] for label in labels_only}
+        results = [r for r in results if r["category_id"] in category_ids]
+        gt = restricted_gt(dataset, category_ids)
+    return coco_evaluate(gt, results, iou_types=("segm",), image_ids=image_ids)["segm"]

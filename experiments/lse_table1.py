@@ -84,18 +84,17 @@ or with ``--save-models``.
 from __future__ import annotations
 
 import argparse
-import copy
 from pathlib import Path
 
 import torch
-from pycocotools.coco import COCO
 from torch import nn
 
 from experiments import common
+from experiments.gt_box_masks import restricted_gt
 from fpnbook import data, models, rcnn
 from fpnbook import weight_transfer as wt
 from fpnbook.anchors import ASPECT_RATIOS, AnchorGenerator
-from fpnbook.evaluate import coco_evaluate, coco_from_dict, to_coco_results
+from fpnbook.evaluate import coco_evaluate, to_coco_results
 from fpnbook.images import batch_images
 from fpnbook.roi_heads import fast_rcnn_loss, mask_loss, paste_masks_in_image, project_masks_on_boxes
 from fpnbook.rpn import SMALL_ANCHOR_SIZES, RegionProposalNetwork, RPNHead
@@ -359,14 +358,6 @@ def predict_from_frozen(model: nn.Module, val_inputs: list[dict], true_boxes: bo
             detection["masks"] = paste_masks_in_image(detection["masks"], detection["boxes"], size)
             outputs.append(detection)
     return outputs
-
-
-def restricted_gt(val: data.CocoDataset, category_ids) -> COCO:
-    """The validation ground truth with only ``category_ids``' annotations and categories (all images kept)."""
-    dataset = copy.deepcopy(val.coco.dataset)
-    dataset["annotations"] = [a for a in dataset["annotations"] if a["category_id"] in category_ids]
-    dataset["categories"] = [c for c in dataset["categories"] if c["id"] in category_ids]
-    return coco_from_dict(dataset, f"{val.ann_file}, restricted to categories {sorted(category_ids)}")
 
 
 def score(model: nn.Module, val_inputs: list[dict], val: data.CocoDataset, image_ids: list[int], seen, unseen) -> dict:

@@ -153,3 +153,22 @@ def test_lse_table1_record_verdicts_follow_from_its_runs():
     assert set(metrics["summary"]) == set(metrics["runs"])
     assert all(set(row) == set(lse_table1.METRICS) for row in metrics["summary"].values())
     assert_summary_follows(record)
+
+
+def test_class_mean_masks_pooled_gives_every_class_one_mean_and_mask_ap_restricts_labels(small_split):
+    import torch
+
+    from experiments.gt_box_masks import ClassMeanMasks, class_channel, mask_ap
+    from fpnbook import data
+
+    dataset = data.CocoDataset(*small_split)
+    own = ClassMeanMasks(dataset.num_classes).fit(dataset, len(dataset))
+    pooled = ClassMeanMasks(dataset.num_classes).fit(dataset, len(dataset), pooled={1, 2})
+    assert all(torch.equal(pooled.means[0], row) for row in pooled.means)
+    assert own.means[1].max() > 0 and not torch.equal(own.means[1], own.means[2])
+    scored = {label for label in range(1, dataset.num_classes + 1)
+              if any(dataset.cat_id_to_label[a["category_id"]] == label for a in dataset.coco.dataset["annotations"])}
+    alone = {label: mask_ap(own, class_channel, dataset, len(dataset), labels_only=[label])["AP"] for label in scored}
+    every = mask_ap(own, class_channel, dataset, len(dataset))["AP"]
+    # COCO's AP is the mean over the categories present, so the per-label scores average to it.
+    assert abs(sum(alone.values()) / len(alone) - every) < 1e-6
