@@ -451,6 +451,50 @@ def drift(runs: dict, seeds) -> dict:
 # ---------------------------------------------------------------- the run
 
 
+def stage_one(args: argparse.Namespace, train_split, seed: int) -> tuple[rcnn.FasterRCNN, dict, dict]:
+    """Stage 1: the detector learns the boxes of all eight classes. Returns it, a copy of its
+    weights, and the stage's record (loss curve, seconds)."""
+    with common.stopwatch() as took:
+        det = detector(seed)
+        config = dict(iterations=args.detector_iterations, batch_size=args.batch_size, lr=args.lr, seed=seed,
+                      warmup_iters=min(100, args.detector_iterations // 5), device="cpu", progress=False,
+                      log_every=max(1, args.detector_iterations // 10))
+        records = train(det, data.CocoDataset(*train_split), TrainConfig(**config, **DETECTRON_RECIPE))
+    stage1 = {k: v.detach().clone() for k, v in det.state_dict().items()}
+    print(f"seed {seed} stage 1: {took['wall_s']} s, loss {records[-1]['loss']:.3f}", flush=True)
+    return det, stage1, {"stage1_loss": [round(r["loss"], 4) for r in records if "loss" in r], "stage1_s": took["wall_s"]}
+
+
+def stage_two_inputs(args: argparse.Namespace, det: nn.Module, stage1: dict, train_split, val: data.CocoDataset,
+                     num_val: int, seed: int, stage: dict) -> tuple[list[dict], dict, list[dict]]:
+    """What every mask branch of a seed trains and is scored on, computed once through the frozen detector:
+    the pooled training RoIs, their mask targets per setting ("A", "B", "all": whose masks are kept) and
+    the validation inputs. Adds the foreground RoI count and the seconds to ``stage``."""
+    num_pooled = min(args.pooled_images, args.train_images)
+    mask_roi_pool = variant_model(ORACLE, None, stage1, seed).roi_heads.mask_roi_pool  # no weights
+    with common.stopwatch() as took:
+        pooled = pool_training_rois(det, mask_roi_pool, data.CocoDataset(*train_split), num_pooled, seed)
+        settings = {"A": set(data.SPLIT_A), "B": set(data.SPLIT_B), "all": None}
+        targets = {s: mask_targets(pooled, data.CocoDataset(*train_split, mask_classes=c)) for s, c in settings.items()}
+        val_inputs = frozen_val_inputs(det, val, num_val)
+    stage.update(foreground_rois=sum(len(p["mask_labels"]) for p in pooled), pooling_s=took["wall_s"])
+    print(f"seed {seed}: pooled {stage['foreground_rois']} foreground RoIs of {num_pooled} images "
+          f"in {took['wall_s']} s", flush=True)
+    return pooled, targets, val_inputs
+
+
+def train_row(name: str, seen, stage1: dict, pooled: list[dict], targets: dict,
+              args: argparse.Namespace, seed: int) -> tuple[nn.Module, dict]:
+    """The mask branch of variant ``name`` with the masks of ``seen`` only (an oracle, ``seen`` None: of
+    every class), trained on the pooled RoIs. Returns the model and its log (loss, train_s)."""
+    model, losses = variant_model(name, seen, stage1, seed), []
+    joint = name in VARIANTS and VARIANTS[name][3] == "e2e"
+    setting = "all" if seen is None else "A" if seen == data.SPLIT_A else "B"
+    with common.stopwatch() as took:
+        train_heads(model, pooled, targets[setting], joint, args, losses, seed)
+    return model, {"loss": losses, "train_s": took["wall_s"]}
+
+
 def run(args: argparse.Namespace) -> dict:
     if args.smoke:
         args.train_images, args.image_size, args.detector_iterations = 8, 128, 2
@@ -468,7 +512,7 @@ def run(args: argparse.Namespace) -> dict:
         num_val = len(val)
     args.eval_images = num_val  # the record's top-level eval_images: the images actually scored
     image_ids = val.image_ids[:num_val]
-    num_pooled = min(args.pooled_images, args.train_images)
+    num_pooled = min(args.pooled_images, args.train_images)  # for the setup; stage_two_inputs pools as many
     save = not args.smoke or args.save_models is not None
     folder = Path(args.save_models or common.RESULTS)
 
@@ -497,51 +541,21 @@ def run(args: argparse.Namespace) -> dict:
             continue
         save_seed = save and seed == args.seeds[0]
 
-        # Stage 1: boxes of all eight classes.
-        with common.stopwatch() as took:
-            det = detector(seed)
-            config = dict(iterations=args.detector_iterations, batch_size=args.batch_size, lr=args.lr, seed=seed,
-                          warmup_iters=min(100, args.detector_iterations // 5), device="cpu", progress=False,
-                          log_every=max(1, args.detector_iterations // 10))
-            records = train(det, data.CocoDataset(*train_split), TrainConfig(**config, **DETECTRON_RECIPE))
-        stage1 = {k: v.detach().clone() for k, v in det.state_dict().items()}
-        stage = {"stage1_loss": [round(r["loss"], 4) for r in records if "loss" in r], "stage1_s": took["wall_s"]}
-        print(f"seed {seed} stage 1: {took['wall_s']} s, loss {records[-1]['loss']:.3f}", flush=True)
+        det, stage1, stage = stage_one(args, train_split, seed)
         if save_seed and f"{NAME}_detector.pt" not in metrics["chapter_models"]:
             metrics["chapter_models"].append(save_detector(folder, stage1))
-
-        # Stage 2 inputs: RoIs pooled once through the frozen detector; mask targets per setting.
-        mask_roi_pool = variant_model(ORACLE, None, stage1, seed).roi_heads.mask_roi_pool  # no weights
-        with common.stopwatch() as took:
-            pooled = pool_training_rois(det, mask_roi_pool, data.CocoDataset(*train_split), num_pooled, seed)
-            settings = {"A": set(data.SPLIT_A), "B": set(data.SPLIT_B), "all": None}
-            targets = {s: mask_targets(pooled, data.CocoDataset(*train_split, mask_classes=c)) for s, c in settings.items()}
-            val_inputs = frozen_val_inputs(det, val, num_val)
-        stage.update(foreground_rois=sum(len(p["mask_labels"]) for p in pooled), pooling_s=took["wall_s"])
+        pooled, targets, val_inputs = stage_two_inputs(args, det, stage1, train_split, val, num_val, seed, stage)
         metrics["stages"][str(seed)] = stage
-        print(f"seed {seed}: pooled {stage['foreground_rois']} foreground RoIs of {num_pooled} images "
-              f"in {took['wall_s']} s", flush=True)
 
-        oracles, oracle_logs = {}, {}
-        for name in ORACLES:  # trained once per seed, scored in both directions
-            if any(row_name(d, name) in todo for d in DIRECTIONS):
-                oracles[name], oracle_logs[name] = variant_model(name, None, stage1, seed), []
-                with common.stopwatch() as took:
-                    train_heads(oracles[name], pooled, targets["all"], False, args, oracle_logs[name], seed)
-                oracle_logs[name] = {"loss": oracle_logs[name], "train_s": took["wall_s"]}
+        oracles = {name: train_row(name, None, stage1, pooled, targets, args, seed)  # once per seed, scored twice
+                   for name in ORACLES if any(row_name(d, name) in todo for d in DIRECTIONS)}
         for direction, (seen, unseen) in DIRECTIONS.items():
             for name in [*args.variants, *ORACLES]:
                 key = row_name(direction, name)
                 if key not in todo:
                     continue  # resumed
-                if name in ORACLES:
-                    model, log = oracles[name], dict(oracle_logs[name])
-                else:
-                    model, losses = variant_model(name, seen, stage1, seed), []
-                    joint = VARIANTS[name][3] == "e2e"
-                    with common.stopwatch() as took:
-                        train_heads(model, pooled, targets["A" if seen == data.SPLIT_A else "B"], joint, args, losses, seed)
-                    log = {"loss": losses, "train_s": took["wall_s"]}
+                model, log = oracles[name] if name in ORACLES else train_row(name, seen, stage1, pooled, targets,
+                                                                               args, seed)
                 with common.stopwatch() as took:
                     row = {**score(model, val_inputs, val, image_ids, seen, unseen), **log}
                 row["eval_s"] = took["wall_s"]
