@@ -2,10 +2,9 @@
 
     python -m experiments.lse_table1 [--smoke] [--seeds 0 1 2] [--eval-images 256] [--threads 2] [--resume]
 
-The single-seed run scored on the committed 48-image split (``--threads 2`` on an otherwise
-idle 2-core machine) took 23 minutes: stage 1 8 min, pooling 1, the mask branches 12, the
-scoring 2. Scoring 256 images instead takes about 12 min a seed, so one seed should take
-about 33 min and the default three seeds about 100 (an estimate from those timings).
+Measured for the committed record (one torch thread, the other core busy with a training
+run): per seed, stage 1 8.5-10.5 min, pooling 1, then the 20 rows about 80 s each (mask
+branch training 30-100 s, scoring 256 images 45-70 s), about 40-50 min a seed.
 Seed 0 draws every random number as that run did (its smoke numbers match); only the
 evaluation split is new.
 
