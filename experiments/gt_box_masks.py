@@ -181,7 +181,6 @@ def train_masks(model: GTBoxMaskModel, loss_fn: MaskLoss, dataset: data.CocoData
     return losses
 
 
-@torch.no_grad()
 def restricted_gt(dataset: data.CocoDataset, category_ids) -> COCO:
     """``dataset``'s ground truth with only ``category_ids``' annotations and categories (all images kept)."""
     coco = copy.deepcopy(dataset.coco.dataset)
@@ -190,6 +189,7 @@ def restricted_gt(dataset: data.CocoDataset, category_ids) -> COCO:
     return coco_from_dict(coco, f"{dataset.ann_file}, restricted to categories {sorted(category_ids)}")
 
 
+@torch.no_grad()
 def mask_ap(model: GTBoxMaskModel, probs_fn: MaskProbs, dataset: data.CocoDataset, count: int,
             labels_only: Iterable[int] | None = None) -> dict[str, float]:
     """COCO mask stats of the masks ``probs_fn`` reads for the ground-truth boxes of the first ``count`` images.
