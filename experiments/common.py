@@ -190,6 +190,16 @@ def table_config(args: argparse.Namespace, seed: int) -> TrainConfig:
                        log_every=max(1, args.iterations // 10), progress=not args.smoke)
 
 
+def fill_missing(into: dict, key: str, value) -> None:
+    """``into[key] = value`` unless ``into`` has ``key``; where both are dicts, fill it key by key, so that
+    per-seed entries (e.g. ``stages[seed][direction]``) of records made by other processes add up."""
+    if key not in into:
+        into[key] = value
+    elif isinstance(into[key], dict) and isinstance(value, dict):
+        for inner, item in value.items():
+            fill_missing(into[key], inner, item)
+
+
 def take_rows(path: Path, metrics: dict, flag: str) -> None:
     """Copy into ``metrics["runs"]`` the rows of the record at ``path``, which must share ``metrics["setup"]``."""
     if not path.exists():
@@ -207,8 +217,8 @@ def take_rows(path: Path, metrics: dict, flag: str) -> None:
     for row in taken:
         metrics["runs"][row].update(previous["runs"][row])
     for key, value in previous.items():  # what the loop adds beside the rows (e.g. the logged steps)
-        if key not in ("summary", "claims", "taken_rows"):
-            metrics.setdefault(key, value)
+        if key not in ("runs", "summary", "claims", "taken_rows"):
+            fill_missing(metrics, key, value)
     # Where each kept row came from: the record, and the command that made it (a partial record has none).
     history = metrics.setdefault("taken_rows", [])
     history.extend(entry for entry in previous.get("taken_rows", []) if entry not in history)

@@ -1,12 +1,13 @@
 """Learning to Segment Every Thing (Hu et al. 2018), Table 1 in miniature: masks for classes trained with boxes only.
 
     python -m experiments.lse_table1 [--smoke] [--seeds 0 1 2] [--eval-images 256] [--threads 2] [--resume]
+        [--init backbone|scratch] [--directions A->B B->A] [--merge RECORD ...]
 
-Measured for the committed record (one torch thread, the other core busy with a training
-run): per seed, stage 1 8.5-10.5 min, pooling 1, then the 20 rows about 80 s each (mask
-branch training 30-100 s, scoring 256 images 45-70 s), about 40-50 min a seed.
-Seed 0 draws every random number as that run did (its smoke numbers match); only the
-evaluation split is new.
+Measured with one torch thread (the other core busy): stage 1 8.5-10.5 min per detector,
+pooling 1, then each row about 80 s (mask branch training 30-100 s, scoring 256 images
+45-70 s). ``--init backbone`` (the default) trains one detector per direction and seed, so
+about 25 min per direction and seed; the two directions can run as two processes
+(``--directions``, each with its own ``--out``) and be merged (``--merge``) into one record.
 
 Partial supervision on the shapes data: every class has boxes, only the classes of
 set A have masks; mask AP is measured on the other set, B, whose masks training never
@@ -17,9 +18,12 @@ Protocol (the paper's Table 1a-c is *stage-wise*; so is ours), repeated whole fo
 seed of ``--seeds`` (the stage-1 detector, the pooling and every variant use that seed;
 the training split is the same cached one, seed 0, for all):
 
-1. Stage 1: a tiny Faster R-CNN (``models.faster_rcnn_tiny``, from scratch: the book's
-   pretrained backbones saw the shapes of B, so ``--init backbone`` is refused) learns
-   boxes of all eight classes. Its backbone, FPN and RPN stay frozen from here on.
+1. Stage 1: a tiny Faster R-CNN (``models.faster_rcnn_tiny``) learns the boxes of all eight
+   classes. With ``--init backbone`` each direction has its own, started from a backbone
+   pretrained with the shapes of its seen set only (:data:`BACKBONES`; ``load_backbone``
+   refuses any other), as the paper's start from ImageNet, which holds no COCO masks; with
+   ``--init scratch``, one detector from random weights serves both directions (the first
+   record's setup). Its backbone, FPN and RPN stay frozen from here on.
 2. Every training image's RoIs are sampled and pooled once through the frozen detector
    (128 RoIs per image, up to 25% foreground): the box head's 7x7 features and, for
    foreground RoIs, the mask head's 14x14 features. Mask targets are cut from a
@@ -66,7 +70,7 @@ The record (``metrics``), in the format of the other seeded tables:
   paired verdict (``common.compare``) and the paper's gap (None: see :data:`PAPER`).
 - ``drift``: mean and sd of the e2e rows' omega drift, and a paired verdict per direction
   that stop-gradient keeps the seen (A) rows of omega_det closer to stage 1.
-- ``stages[str(seed)]``: that seed's stage-1 loss curve, foreground RoIs and timings;
+- ``stages[str(seed)][DIRECTION]``: the stage-1 loss curve, foreground RoIs and timings of that seed and direction;
   ``directions``: the two direction names; ``setup``, ``paper``, ``chapter_models``.
 
 ``--smoke`` runs one seed, five variants and the oracles for two steps each on the first
@@ -95,6 +99,7 @@ from fpnbook import weight_transfer as wt
 from fpnbook.anchors import ASPECT_RATIOS, AnchorGenerator
 from fpnbook.evaluate import coco_evaluate, to_coco_results
 from fpnbook.images import batch_images
+from fpnbook.pretrain import load_backbone, read_backbone
 from fpnbook.roi_heads import fast_rcnn_loss, mask_loss, paste_masks_in_image, project_masks_on_boxes
 from fpnbook.rpn import SMALL_ANCHOR_SIZES, RegionProposalNetwork, RPNHead
 from fpnbook.train import DETECTRON_RECIPE, TrainConfig, batch_indices, make_optimizer, make_scheduler, train
@@ -126,6 +131,16 @@ ORACLE_AGNOSTIC = "oracle, class-agnostic"
 ORACLES = (ORACLE, ORACLE_AGNOSTIC)
 # Every code path and every row of the claims, in a few seconds.
 SMOKE_VARIANTS = ["class-agnostic", "transfer cls+box", "transfer+MLP", "transfer, e2e", "transfer, e2e + stop-grad"]
+# --init backbone: each direction's stage-1 detector starts from a backbone pretrained on
+# fresh images with the shapes of its seen set only (the unseen set's objects are ignored
+# over their boxes), as the paper's detectors start from ImageNet, which has no COCO masks.
+# ``checkpoints/backbone_mask_x*.md`` give the commands.
+CHECKPOINTS = common.RESULTS.parents[1] / "checkpoints"
+BACKBONES = {"A->B": CHECKPOINTS / "backbone_mask_x.pt", "B->A": CHECKPOINTS / "backbone_mask_x_b.pt"}
+STAGE1 = {"backbone": {d: f"{path.name}, then the book's default recipe (AdamW, cosine, EMA)"
+                      for d, path in BACKBONES.items()},
+          "scratch": {d: "random weights (one detector for both directions), Detectron recipe (SGD, step) at --lr"
+                      for d in DIRECTIONS}}
 TRAIN_SEED = 0  # the cached training split every seed trains on (the single-seed record's)
 EVAL_SEED = 2026_0206  # the evaluation split's generator seed: no training split or other record uses it
 # Each row's numbers (in %) that are summarised over the seeds; see score().
@@ -155,14 +170,15 @@ def row_name(direction: str, variant: str) -> str:
     return f"{direction}/{variant}"
 
 
-def rows(variants) -> list[str]:
-    """Every row a run of ``variants`` (and the oracles) makes, A->B first."""
-    return [row_name(d, v) for d in DIRECTIONS for v in [*variants, *ORACLES]]
+def rows(variants, directions=tuple(DIRECTIONS)) -> list[str]:
+    """Every row a run of ``variants`` (and the oracles) makes in ``directions``, A->B first."""
+    return [row_name(d, v) for d in DIRECTIONS if d in directions for v in [*variants, *ORACLES]]
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = common.seeded_parser(NAME, __doc__.splitlines()[0], iterations=600)  # --iterations: stage 2 steps per variant
-    p.set_defaults(init="scratch")  # the pretrained backbones saw B's shapes: see run()
+    p.add_argument("--directions", nargs="+", choices=list(DIRECTIONS), default=list(DIRECTIONS),
+                   help="the directions to run (e.g. one per process, then --merge the records)")
     p.add_argument("--train-images", type=int, default=1000, help="generated training images (cached)")
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--detector-iterations", type=int, default=1000, help="stage 1 (boxes of all classes)")
@@ -177,14 +193,21 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------- models
 
 
-def detector(seed: int) -> rcnn.FasterRCNN:
-    """Stage 1: a tiny Faster R-CNN with a leaner RPN (1000 / 500 proposals in training) and 128 RoIs per image."""
+def detector(seed: int, init: dict | None = None, seen=None) -> rcnn.FasterRCNN:
+    """Stage 1: a tiny Faster R-CNN with a leaner RPN (1000 / 500 proposals in training) and 128 RoIs per image.
+
+    ``init``: a pretrained backbone file's state, which must have been pretrained with the masks of
+    ``seen`` only (``pretrain.load_backbone`` checks it, as for any Mask^X R-CNN); None: from scratch.
+    """
     torch.manual_seed(seed)
     generator = AnchorGenerator(SMALL_ANCHOR_SIZES, [ASPECT_RATIOS] * len(SMALL_ANCHOR_SIZES))
     rpn = RegionProposalNetwork(generator, RPNHead(64, generator.num_anchors_per_location()[0]),
                                 pre_nms_top_n=dict(training=1000, testing=1000),
                                 post_nms_top_n=dict(training=500, testing=1000))
-    return models.faster_rcnn_tiny(NUM_CLASSES, rpn=rpn, box_batch_size_per_image=ROIS_PER_IMAGE)
+    det = models.faster_rcnn_tiny(NUM_CLASSES, rpn=rpn, box_batch_size_per_image=ROIS_PER_IMAGE)
+    if init is not None:  # the detector of a Mask^X R-CNN whose masks are those of `seen`
+        load_backbone(det, init, models.ModelConfig(kind="mask_x_rcnn", mask_classes=tuple(seen)))
+    return det
 
 
 def variant_model(name: str, mask_classes, stage1: dict, seed: int) -> nn.Module:
@@ -390,24 +413,23 @@ def save_half(state: dict, path: Path) -> None:
     torch.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, path)
 
 
-def save_detector(folder: Path, stage1: dict) -> str:
-    """fp16 state dict for chapter 4: the stage-1 backbone + box predictor. Returns the file name."""
+def save_detector(folder: Path, stage1: dict) -> None:
+    """fp16 state dict for chapter 4: the (A->B) stage-1 backbone + box predictor."""
     folder.mkdir(parents=True, exist_ok=True)
     keep = ("backbone.", "roi_heads.box_predictor.")
     save_half({k: v for k, v in stage1.items() if k.startswith(keep)}, folder / f"{NAME}_detector.pt")
-    return f"{NAME}_detector.pt"
 
 
-def save_mask_branch(folder: Path, tag: str, model: nn.Module) -> str:
-    """fp16 state dict for chapter 4: ``model``'s mask head and predictor (with T). Returns the file name."""
+def save_mask_branch(folder: Path, tag: str, model: nn.Module) -> None:
+    """fp16 state dict for chapter 4: ``model``'s mask head and predictor (with T)."""
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v for k, v in model.state_dict().items() if k.startswith(("roi_heads.mask_head.", "roi_heads.mask_predictor."))}
     save_half(state, folder / f"{NAME}_{tag}.pt")
-    return f"{NAME}_{tag}.pt"
 
 
 # The A->B mask branches chapter 4 draws, by the tag of their file.
 CHAPTER_BRANCHES = {"class-agnostic": "agnostic", "transfer cls+box": "transfer"}
+CHAPTER_FILES = [f"{NAME}_detector.pt", *(f"{NAME}_{tag}.pt" for tag in CHAPTER_BRANCHES.values())]
 
 
 # ---------------------------------------------------------------- the record
@@ -450,17 +472,25 @@ def drift(runs: dict, seeds) -> dict:
 # ---------------------------------------------------------------- the run
 
 
-def stage_one(args: argparse.Namespace, train_split, seed: int) -> tuple[rcnn.FasterRCNN, dict, dict]:
+def stage_one(args: argparse.Namespace, train_split, seed: int, direction: str) -> tuple[rcnn.FasterRCNN, dict, dict]:
     """Stage 1: the detector learns the boxes of all eight classes. Returns it, a copy of its
-    weights, and the stage's record (loss curve, seconds)."""
+    weights, and the stage's record (loss curve, seconds).
+
+    ``--init backbone``: ``direction``'s own detector, its backbone from :data:`BACKBONES`, trained with
+    the book's default recipe (AdamW, cosine, EMA). ``--init scratch``: one detector for both
+    directions, from random weights with the Detectron recipe at ``--lr`` (the first record's setup).
+    """
+    init = read_backbone(BACKBONES[direction]) if args.init == "backbone" else None
     with common.stopwatch() as took:
-        det = detector(seed)
-        config = dict(iterations=args.detector_iterations, batch_size=args.batch_size, lr=args.lr, seed=seed,
+        det = detector(seed, init, DIRECTIONS[direction][0])
+        config = dict(iterations=args.detector_iterations, batch_size=args.batch_size, seed=seed,
                       warmup_iters=min(100, args.detector_iterations // 5), device="cpu", progress=False,
                       log_every=max(1, args.detector_iterations // 10))
-        records = train(det, data.CocoDataset(*train_split), TrainConfig(**config, **DETECTRON_RECIPE))
+        recipe = {} if init is not None else dict(lr=args.lr, **DETECTRON_RECIPE)
+        records = train(det, data.CocoDataset(*train_split), TrainConfig(**config, **recipe))
     stage1 = {k: v.detach().clone() for k, v in det.state_dict().items()}
-    print(f"seed {seed} stage 1: {took['wall_s']} s, loss {records[-1]['loss']:.3f}", flush=True)
+    print(f"seed {seed} stage 1 ({direction if init is not None else 'both directions'}): {took['wall_s']} s, "
+          f"loss {records[-1]['loss']:.3f}", flush=True)
     return det, stage1, {"stage1_loss": [round(r["loss"], 4) for r in records if "loss" in r], "stage1_s": took["wall_s"]}
 
 
@@ -498,9 +528,6 @@ def run(args: argparse.Namespace) -> dict:
     if args.smoke:
         args.train_images, args.image_size, args.detector_iterations = 8, 128, 2
         args.pooled_images, args.iterations, args.variants, args.seeds = 8, 2, SMOKE_VARIANTS, args.seeds[:1]
-    if args.init != "scratch":
-        raise SystemExit("--init backbone: the book's pretrained backbones saw the shapes of every class (or of A "
-                         "only, for A->B alone), so B's masks would reach the detector; this table trains from scratch")
     train_split = data.ensure_split("train", args.train_images, image_size=args.image_size, seed=TRAIN_SEED,
                                     progress=not args.smoke)
     if args.smoke:  # --smoke shows the script runs, not how well: no split to generate
@@ -516,7 +543,7 @@ def run(args: argparse.Namespace) -> dict:
     folder = Path(args.save_models or common.RESULTS)
 
     metrics: dict = {
-        "setup": {"init": "scratch", "train_images": args.train_images, "image_size": args.image_size,
+        "setup": {"init": args.init, "stage1": STAGE1[args.init], "train_images": args.train_images, "image_size": args.image_size,
                   "train_split": f"generated, {args.train_images} images of {args.image_size} px, seed {TRAIN_SEED}",
                   "eval_split": f"generated val, {num_val} images of {args.image_size} px, seed {EVAL_SEED}"
                   if not args.smoke else f"committed val split (first {num_val} images)", "val_images": num_val,
@@ -527,11 +554,10 @@ def run(args: argparse.Namespace) -> dict:
                   "split_B": list(data.SPLIT_B)},
         "paper": PAPER,
         "directions": list(DIRECTIONS),
-        "runs": {r: {} for r in rows(args.variants)},
+        "runs": {r: {} for r in rows(args.variants, args.directions)},
     }
     common.resume_runs(NAME, args, metrics)
     metrics.setdefault("stages", {})
-    metrics.setdefault("chapter_models", [])
 
     for seed in args.seeds:
         todo = [r for r in metrics["runs"] if str(seed) not in metrics["runs"][r]]
@@ -539,20 +565,29 @@ def run(args: argparse.Namespace) -> dict:
             print(f"seed {seed}: every row resumed; stage 1 skipped", flush=True)
             continue
         save_seed = save and seed == args.seeds[0]
-
-        det, stage1, stage = stage_one(args, train_split, seed)
-        if save_seed and f"{NAME}_detector.pt" not in metrics["chapter_models"]:
-            metrics["chapter_models"].append(save_detector(folder, stage1))
-        pooled, targets, val_inputs = stage_two_inputs(args, det, stage1, train_split, val, num_val, seed, stage)
-        metrics["stages"][str(seed)] = stage
-
-        oracles = {name: train_row(name, None, stage1, pooled, targets, args, seed)  # once per seed, scored twice
-                   for name in ORACLES if any(row_name(d, name) in todo for d in DIRECTIONS)}
-        for direction, (seen, unseen) in DIRECTIONS.items():
-            for name in [*args.variants, *ORACLES]:
-                key = row_name(direction, name)
-                if key not in todo:
-                    continue  # resumed
+        stages = metrics["stages"].setdefault(str(seed), {})
+        shared: dict = {}  # from scratch, both directions share one stage 1 (and its pooled RoIs)
+        for direction in args.directions:
+            seen, unseen = DIRECTIONS[direction]
+            names = [n for n in [*args.variants, *ORACLES] if row_name(direction, n) in todo]
+            if not names:
+                continue  # resumed
+            if not shared:
+                det, stage1, stage = stage_one(args, train_split, seed, direction)
+                if save_seed and direction == "A->B":
+                    save_detector(folder, stage1)
+                pooled, targets, val_inputs = stage_two_inputs(args, det, stage1, train_split, val, num_val, seed,
+                                                               stage)
+                oracles = {}  # trained once per detector, scored in each direction it serves
+                if args.init == "scratch":
+                    shared = dict(det=det, stage1=stage1, stage=stage, pooled=pooled, targets=targets,
+                                  val_inputs=val_inputs, oracles=oracles)
+            else:
+                det, stage1, stage, pooled, targets, val_inputs, oracles = shared.values()
+            stages[direction] = stage
+            for name in names:
+                if name in ORACLES and name not in oracles:
+                    oracles[name] = train_row(name, None, stage1, pooled, targets, args, seed)
                 model, log = oracles[name] if name in ORACLES else train_row(name, seen, stage1, pooled, targets,
                                                                                args, seed)
                 with common.stopwatch() as took:
@@ -560,16 +595,15 @@ def run(args: argparse.Namespace) -> dict:
                 row["eval_s"] = took["wall_s"]
                 if name in VARIANTS and VARIANTS[name][3] == "e2e":
                     row.update(weight_drift(stage1, model, seen, unseen))
-                metrics["runs"][key][str(seed)] = row
+                metrics["runs"][row_name(direction, name)][str(seed)] = row
                 if save_seed and direction == "A->B" and name in CHAPTER_BRANCHES:
-                    file = save_mask_branch(folder, CHAPTER_BRANCHES[name], model)
-                    if file not in metrics["chapter_models"]:
-                        metrics["chapter_models"].append(file)
+                    save_mask_branch(folder, CHAPTER_BRANCHES[name], model)
                 print(f"seed {seed} {direction} {name:>28}: mask AP on B {row['mask_AP']:5.1f}, with true boxes "
-                      f"{row['true_box_mask_AP']:5.1f}  ({row['train_s']:.0f} s + {row['eval_s']:.0f} s)", flush=True)
+                      f"{row['true_box_mask_AP']:5.1f}, box AP {row['box_AP']:5.1f}  "
+                      f"({row['train_s']:.0f} s + {row['eval_s']:.0f} s)", flush=True)
                 common.write_partial(NAME, args, metrics)
-    if not save:
-        metrics.pop("chapter_models")
+    if save:  # the chapter's files in the folder, whichever run of this setup wrote them
+        metrics["chapter_models"] = [f for f in CHAPTER_FILES if (folder / f).exists()]
     metrics["summary"] = common.summarise(metrics["runs"], args.seeds, METRICS)
     metrics["claims"] = claims(metrics["runs"], args.seeds)
     metrics["drift"] = drift(metrics["runs"], args.seeds)

@@ -66,11 +66,14 @@ def test_resume_keeps_the_finished_rows_of_the_same_setup_only(tmp_path):
     # --merge brings in the rows of other records of the same setup, e.g. another seed run in parallel.
     other = tmp_path / "other.json"
     write_partial("t", argparse.Namespace(out=other, smoke=False), {"setup": {"iterations": 10},
-                                                                     "runs": {"b": {"1": {"AP": 2.0}}}})
-    merged = {"setup": {"iterations": 10}, "runs": {"a": {}, "b": {}}}
+                                                                     "runs": {"b": {"1": {"AP": 2.0}}},
+                                                                     "stages": {"0": {"B->A": {"s": 2}}}})
+    merged = {"setup": {"iterations": 10}, "runs": {"a": {}, "b": {}}, "stages": {"0": {"A->B": {"s": 1}}}}
     resume_runs("t", argparse.Namespace(out=args.out, smoke=False, resume=True, merge=[other.with_suffix(".partial.json")]),
                 merged)
     assert merged["runs"] == {"a": {"0": {"AP": 1.0}}, "b": {"1": {"AP": 2.0}}}
+    # what each process logged beside its rows adds up, dict by dict (one direction each here)
+    assert merged["stages"] == {"0": {"A->B": {"s": 1}, "B->A": {"s": 2}}}
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ValueError, match="not an experiment record"):
         resume_runs("t", argparse.Namespace(out=args.out, smoke=False, resume=False, merge=[tmp_path / "bad.json"]), merged)
@@ -138,6 +141,17 @@ def test_roialign_table2_record_verdicts_follow_from_its_runs():
     assert metrics["claims"] == roialign_table2.claims(metrics["runs"], seeds, [16, 32])
     assert metrics["gains"]["s32"] == roialign_table2.gains(metrics["runs"], seeds, 32)
     assert_summary_follows(record)
+
+
+def test_lse_table1_backbones_never_saw_the_unseen_sets_masks():
+    from experiments import lse_table1
+    from fpnbook.pretrain import read_backbone
+
+    for direction, (seen, unseen) in lse_table1.DIRECTIONS.items():
+        assert read_backbone(lse_table1.BACKBONES[direction])["mask_classes"] == list(seen)
+        lse_table1.detector(0, read_backbone(lse_table1.BACKBONES[direction]), seen)  # loads: it was pretrained for `seen`
+        with pytest.raises(ValueError, match="saw the shapes"):
+            lse_table1.detector(0, read_backbone(lse_table1.BACKBONES[direction]), unseen)
 
 
 def test_lse_table1_record_verdicts_follow_from_its_runs():
