@@ -154,10 +154,13 @@ def test_lse_table1_backbones_never_saw_the_unseen_sets_masks():
             lse_table1.detector(0, read_backbone(lse_table1.BACKBONES[direction]), unseen)
 
 
-def test_lse_table1_record_verdicts_follow_from_its_runs():
+@pytest.mark.parametrize("name", ["lse_table1", "lse_table1_scratch"])  # the record, and the from-scratch one kept
+def test_lse_table1_record_verdicts_follow_from_its_runs(name):
     from experiments import lse_table1
 
-    record = seeded_record("lse_table1")
+    record = seeded_record(name)
+    assert set(record["metrics"]["setup"]["stage1"]) == set(lse_table1.DIRECTIONS)
+    assert all(set(stage) == set(lse_table1.DIRECTIONS) for stage in record["metrics"]["stages"].values())
     metrics, seeds = record["metrics"], record["seeds"]
     assert set(metrics["runs"]) == set(lse_table1.rows(lse_table1.VARIANTS))
     assert all(set(rows) == {str(s) for s in seeds} for rows in metrics["runs"].values())
