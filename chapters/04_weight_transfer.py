@@ -265,6 +265,8 @@ summary, runs = metrics["summary"], metrics["runs"]
 ORDER = ["class-agnostic", "transfer cls", "transfer box", "transfer cls+box", "transfer cls+box, linear T", "transfer+MLP",
          "transfer, e2e", "transfer, e2e + stop-grad", "oracle (all masks)", "oracle, class-agnostic"]
 print(record["command"], "|", record["hardware"])
+for taken in metrics.get("taken_rows", []):  # the runs whose rows the command merged
+    print("  rows from:", taken["command"])
 print(f"seeds {seeds}, {record['eval_images']} evaluation images ({setup['eval_split']}), "
       f"{record['train_s_all_rows'] / 60:.0f} min of one-thread training in the rows, stage 1 and scoring aside")
 print({k: setup[k] for k in ("train_images", "detector_iterations", "pooled_images", "iterations")})
@@ -369,8 +371,8 @@ for direction in metrics["directions"]:
         agnostic = table["summary"][lse_table1.row_name(direction, "class-agnostic")]
         gap = {c["metric"]: c for c in table["claims"]
                if c["direction"] == direction and c["better"].endswith("/transfer cls+box")}
-        better_detector[direction, label] = {"box_AP": agnostic["box_AP"]["mean"], "mask_AP": agnostic["mask_AP"]["mean"],
-                                             **{m: gap[m]["mean"] for m in lse_table1.CLAIM_METRICS}}
+        better_detector[direction, label] = {"box_AP": agnostic["box_AP"]["mean"], "agnostic": agnostic["mask_AP"]["mean"],
+                                             **{f"gap {m}": gap[m]["mean"] for m in lse_table1.CLAIM_METRICS}}
         print(f"{direction} {label:>12}: box AP {agnostic['box_AP']['mean']:5.1f}, class-agnostic mask AP "
               f"{agnostic['mask_AP']['mean']:5.1f} | transfer - class-agnostic: detected boxes "
               f"{gap['mask_AP']['mean']:+.2f} ({gap['mask_AP']['verdict']}), true boxes "
@@ -408,8 +410,8 @@ for direction, (seen, unseen) in lse_table1.DIRECTIONS.items():
 
 # %% [markdown]
 # For scale, the book's shipped Mask^X R-CNN (`checkpoints/mask_x_rcnn.pt`, chapter 5)
-# makes the same `A->B` split, but trains end to end, for longer, from a backbone
-# pretrained on the shapes with `A`'s masks only. Its mask AP on the unseen classes, on
+# makes the same `A->B` split and starts from the same backbone (pretrained with `A`'s
+# masks only), but trains end to end and for longer. Its mask AP on the unseen classes, on
 # the committed validation split (a quick check: 48 images), against the table's best
 # `A->B` row:
 
@@ -431,25 +433,32 @@ print(f"shipped Mask^X R-CNN, mask AP on B: {shipped_ap:.1f} | the table's best 
 # %% [markdown]
 # ### What reproduced, what did not, and why
 #
-# - **`A->B`: both headline claims reproduce, in every seed, but by very little.** Transfer
-#   beats the class-agnostic head by about a tenth of a point with detected boxes and by
-#   one to two points with true boxes. End to end, stop-gradient beats no stop-gradient on
-#   both metrics.
-# - **`B->A`: neither claim is established.** Transfer over class-agnostic is
-#   inconclusive, because one seed goes the other way. With true boxes, stop-gradient is
-#   worse in every seed.
-# - **The mechanism behind stop-gradient holds in both directions.** Without the stop, the
+# - **Transfer beats the class-agnostic head when the mask branch is given the true
+#   boxes, in both directions and in every seed**, by up to about two points.
+# - **With detected boxes, the paper's metric, the same claim is inconclusive in both
+#   directions.** The per-seed gaps stay below a point, and their mean within twice its
+#   standard error.
+# - **Stop-gradient beats no stop-gradient only in `B->A` with true boxes**; the other three
+#   checks are inconclusive. Its mechanism holds in both directions: without the stop, the
 #   seen classes' box weights drift further in every seed, while the unseen rows move alike.
-# - **With detected boxes, every stage-wise row lands within a fraction of a point of every
-#   other.** The detector limits them: its box AP on the unseen classes is printed in the table.
-# - **Why the mask branches differ so little.** The shapes do carry class-specific mask
-#   information: in `A->B`, pasting each box's own class mean beats every trained head,
-#   even the oracle trained with the unseen classes' masks. So the limit is the frozen
-#   features of a detector trained from scratch for minutes, with boxes only. It is not
-#   the shapes. In `B->A`, knowing the class is worth little even to the mean masks.
-# - **The shipped Mask^X R-CNN scores far higher on the same unseen classes.** It trains
-#   end to end from a pretrained backbone that never saw a `B` mask. A table that could
-#   decide the paper's claims would need stage-1 features that good.
+# - **The joint rows are a weak test of stop-gradient here.** Stage 2 trains with SGD at the
+#   mask branches' learning rate, and on box weights that stage 1 trained with AdamW that
+#   rate moves them by more than their own size in both joint rows, stopped or not. Their
+#   box AP on the unseen classes falls below the frozen detector's, and their mask AP with
+#   detected boxes below every stage-wise row's.
+# - **A better detector raised every row, not the gaps.** Starting stage 1 from the
+#   pretrained backbones lifts the box AP on the unseen classes far above the from-scratch
+#   record, and the class-agnostic head's mask AP with it, yet the transfer gap stays below
+#   a point with detected boxes. The detector was not what kept the gaps small.
+# - **What limits transfer here is how little the class adds once the head sees the
+#   features.** The two oracles are both trained with every mask. With detected boxes,
+#   the class-agnostic one is at least as good as the class-specific one in both
+#   directions, so no class-specific head, transfer included, has much to win. Without
+#   features, knowing the class is worth a lot in `A->B`, as the class mean masks above
+#   show. But the features already show each object's outline, so a head that ignores the
+#   class reads the shape off the image.
+# - **The shipped Mask^X R-CNN still scores higher on the same unseen classes.** It trains
+#   end to end, for longer, from the same `A->B` backbone.
 
 # %%
 def row(direction, name, key="mask_AP"):
@@ -458,17 +467,27 @@ def row(direction, name, key="mask_AP"):
 
 STAGE_WISE = [n for n in ORDER if n not in ("transfer, e2e", "transfer, e2e + stop-grad")]
 by_claim = {(c["direction"], c["better"].split("/")[1], c["metric"]): c for c in metrics["claims"]}
-for metric in lse_table1.CLAIM_METRICS:
-    assert by_claim["A->B", "transfer cls+box", metric]["verdict"] == "reproduced"
-    assert by_claim["A->B", "transfer, e2e + stop-grad", metric]["verdict"] == "reproduced"
-    assert by_claim["B->A", "transfer cls+box", metric]["verdict"] == "inconclusive"
-assert max(by_claim["A->B", "transfer cls+box", "mask_AP"]["diffs"]) < 0.5
-assert 0.5 < by_claim["A->B", "transfer cls+box", "true_box_mask_AP"]["mean"] < 2.5
-assert by_claim["B->A", "transfer, e2e + stop-grad", "true_box_mask_AP"]["verdict"] == "did not reproduce"
-assert all(max(row(d, n) for n in STAGE_WISE) - min(row(d, n) for n in STAGE_WISE) < 0.5 for d in metrics["directions"])
-assert references["A->B"]["own"] > max(row("A->B", n, "true_box_mask_AP") for n in ORDER)
-assert references["B->A"]["own"] - references["B->A"]["pooled"] < 3
-assert shipped_ap > 2 * max(row("A->B", n) for n in ORDER)
+for d in metrics["directions"]:
+    true_boxes = by_claim[d, "transfer cls+box", "true_box_mask_AP"]
+    assert true_boxes["verdict"] == "reproduced" and min(true_boxes["diffs"]) > 0 and max(true_boxes["diffs"]) < 2.5
+    detected = by_claim[d, "transfer cls+box", "mask_AP"]
+    assert detected["verdict"] == "inconclusive" and abs(detected["mean"]) < 2 * detected["se"] + 1e-9
+    assert max(abs(x) for x in detected["diffs"]) < 1
+    stop = {m: by_claim[d, "transfer, e2e + stop-grad", m]["verdict"] for m in lse_table1.CLAIM_METRICS}
+    assert stop == ({"mask_AP": "inconclusive", "true_box_mask_AP": "reproduced"} if d == "B->A"
+                    else {"mask_AP": "inconclusive", "true_box_mask_AP": "inconclusive"})
+    for name in ("transfer, e2e", "transfer, e2e + stop-grad"):  # the joint rows: weights rewritten, detector worse
+        assert drift["summary"][lse_table1.row_name(d, name)]["omega_drift_A"]["mean"] > 1
+        assert row(d, name, "box_AP") < row(d, "class-agnostic", "box_AP")
+        assert row(d, name) < min(row(d, n) for n in STAGE_WISE)
+    # the better detector: box AP and the class-agnostic row up by far more than the gap ever gets
+    before, after = better_detector[d, "from scratch"], better_detector[d, "pretrained"]
+    assert after["box_AP"] > 1.5 * before["box_AP"] and after["agnostic"] - before["agnostic"] > 5
+    assert 0 < after["gap mask_AP"] < 1
+    # the class adds little given every mask: the class-agnostic oracle at least as good, detected boxes
+    assert row(d, "oracle, class-agnostic") >= row(d, "oracle (all masks)")
+assert references["A->B"]["own"] - references["A->B"]["pooled"] > 5
+assert shipped_ap > max(row("A->B", n) for n in ORDER)
 print("every statement above holds for this record")
 
 # %% [markdown]
@@ -575,14 +594,15 @@ for c in B:
 # - Stop-gradient keeps the mask loss, which only `A` classes have, from pulling `ω_A`
 #   away from `ω_B`.
 # - The fused head adds a class-agnostic fc branch to the transferred FCN masks.
-# - In our miniature, with three seeds, transfer beats the class-agnostic head in `A->B`
-#   only, and by little. The class mean masks show that the shapes hold more than that;
-#   the frozen features of a detector trained from scratch for minutes are what limit it.
+# - In our miniature, with three seeds, transfer beats the class-agnostic head in both
+#   directions when given the true boxes, but by too little to show through detected
+#   boxes. A better detector does not change that: on these shapes the features already
+#   show each outline, so knowing the class adds little, even to an oracle.
 #
-# **Try it:** give `T` the box weights and features of a better detector
-# (`--detector-iterations`), and see whether the trained heads pass the class mean masks
-# and transfer pulls ahead of the class-agnostic head; or save the `B->A` heads too
-# (`CHAPTER_BRANCHES` in the script) and compare their pictures.
+# **Try it:** train the joint rows' box parts at a rate that suits AdamW-trained weights
+# (`train_heads` in the script), and see whether stop-gradient then helps with detected
+# boxes; or save the `B->A` heads too (`CHAPTER_BRANCHES` in the script) and compare their
+# pictures.
 
 # %% [markdown]
 # ## Exercises (`fpnbook.exercises`)

@@ -3,11 +3,11 @@
     python -m experiments.lse_table1 [--smoke] [--seeds 0 1 2] [--eval-images 256] [--threads 2] [--resume]
         [--init backbone|scratch] [--directions A->B B->A] [--merge RECORD ...]
 
-Measured with one torch thread (the other core busy): stage 1 8.5-10.5 min per detector,
-pooling 1, then each row about 80 s (mask branch training 30-100 s, scoring 256 images
-45-70 s). ``--init backbone`` (the default) trains one detector per direction and seed, so
-about 25 min per direction and seed; the two directions can run as two processes
-(``--directions``, each with its own ``--out``) and be merged (``--merge``) into one record.
+Measured for the committed record, the two directions as two one-thread processes side by
+side (``--directions``, each with its own ``--out``, then ``--merge`` into one record):
+per direction and seed, stage 1 6.5-8.5 min, pooling 1.5, then 10 rows of about 75 s each
+(mask branch training 25-60 s, scoring 256 images 30-60 s), about 22 min; 65 min a
+direction for 3 seeds. ``--init scratch`` trains one detector for both directions.
 
 Partial supervision on the shapes data: every class has boxes, only the classes of
 set A have masks; mask AP is measured on the other set, B, whose masks training never
