@@ -248,8 +248,9 @@ print(f"fc weights: the paper's {28 * 28 * 256 * 28 * 28 / 1e6:.0f}M, ours {fuse
 # the masks of the seen set only (`checkpoints/backbone_mask_x.pt` for `A->B`,
 # `checkpoints/backbone_mask_x_b.pt` for `B->A`), so each direction has its own detector
 # and no unseen mask reaches it. The two "e2e" rows train the box head and box
-# predictor jointly with the mask branch (backbone and RPN stay frozen: a full end-to-end
-# run per variant is beyond a CPU budget), without and with stop-gradient. The oracle is
+# predictor jointly with the mask branch, with the optimiser stage 1 trained them with
+# (backbone and RPN stay frozen: a full end-to-end run per variant is beyond a CPU
+# budget), without and with stop-gradient. The oracle is
 # trained with the masks of every class: the upper bound. A second oracle, not in the
 # paper, is class-agnostic: its gap to the class-agnostic row is how much the unseen
 # classes' masks help at all. Besides the mask AP of the detections (the paper's metric),
@@ -599,10 +600,9 @@ for c in B:
 #   boxes. A better detector does not change that: on these shapes the features already
 #   show each outline, so knowing the class adds little, even to an oracle.
 #
-# **Try it:** train the joint rows' box parts at a rate that suits AdamW-trained weights
-# (`train_heads` in the script), and see whether stop-gradient then helps with detected
-# boxes; or save the `B->A` heads too (`CHAPTER_BRANCHES` in the script) and compare their
-# pictures.
+# **Try it:** run the table with `--init scratch --out runs/scratch.json` and compare a
+# row of your own with the record kept here; or save the `B->A` heads too
+# (`CHAPTER_BRANCHES` in the script) and compare their pictures.
 
 # %% [markdown]
 # ## Exercises (`fpnbook.exercises`)
