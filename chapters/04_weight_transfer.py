@@ -339,8 +339,10 @@ for metric, boxes in (("mask_AP", "detected boxes"), ("true_box_mask_AP", "true 
 # %% [markdown]
 # And the drift of the box weights in the joint runs: the relative change of `ω_det` since
 # the detector was trained, averaged over the rows of the seen classes and over the rows of
-# the unseen ones, with the record's paired verdict that stop-gradient keeps the seen rows
-# closer to where the detector left them.
+# the unseen ones. The record gives two paired verdicts. The first asks whether
+# stop-gradient keeps the seen rows closer to where the detector left them. The second
+# asks whether it keeps the seen rows moving like the unseen ones, which is the paper's
+# argument: `T` is fitted on the seen rows and must meet unseen rows of the same kind.
 
 # %%
 drift = metrics["drift"]
@@ -349,12 +351,22 @@ for direction in metrics["directions"]:
         row = drift["summary"][lse_table1.row_name(direction, name)]
         print(f"{direction} {name:>26}: seen rows moved {row['omega_drift_A']['mean']:.3f} ± {row['omega_drift_A']['sd']:.3f}, "
               f"unseen rows {row['omega_drift_B']['mean']:.3f} ± {row['omega_drift_B']['sd']:.3f}")
-    held = drift["stop_gradient_holds_A"][direction]
+    held, alike = drift["stop_gradient_holds_A"][direction], drift["stop_gradient_keeps_A_and_B_alike"][direction]
     print(f"{direction} stop-gradient keeps the seen rows closer: {held['verdict']} (per seed {held['diffs']})")
+    print(f"{direction} stop-gradient keeps seen and unseen rows alike: {alike['verdict']} (per seed {alike['diffs']})")
     free, stopped = (drift["summary"][lse_table1.row_name(direction, n)] for n in ("transfer, e2e", "transfer, e2e + stop-grad"))
-    # What the stop changes: the seen rows drift less with it, in every seed; the unseen rows (box losses only) move alike.
-    assert held["verdict"] == "reproduced" and min(held["diffs"]) > 0
-    assert abs(free["omega_drift_B"]["mean"] - stopped["omega_drift_B"]["mean"]) < 0.01
+    # What the stop changes: with it, seen and unseen rows move alike; without, the seen rows move less, in every seed.
+    assert alike["verdict"] == "reproduced" and min(alike["diffs"]) > 0
+    assert held["verdict"] == "did not reproduce" and max(held["diffs"]) < 0
+    assert abs(stopped["omega_drift_A"]["mean"] - stopped["omega_drift_B"]["mean"]) < 0.06
+    assert free["omega_drift_A"]["mean"] < free["omega_drift_B"]["mean"] - 0.1
+    assert abs(free["omega_drift_B"]["mean"] - stopped["omega_drift_B"]["mean"]) < 0.03
+
+# %% [markdown]
+# Without the stop, the mask loss does reach the seen rows. It makes them move *less* than
+# the unseen rows, not more. AdamW scales each weight's step by the running size of its
+# gradient, so more gradient need not mean a longer way travelled. Either way the seen rows
+# end up unlike the unseen ones, and that is what stop-gradient prevents.
 
 # %% [markdown]
 # ### A detector twice as good, the same gaps
@@ -439,14 +451,12 @@ print(f"shipped Mask^X R-CNN, mask AP on B: {shipped_ap:.1f} | the table's best 
 # - **With detected boxes, the paper's metric, the same claim is inconclusive in both
 #   directions.** The per-seed gaps stay below a point, and their mean within twice its
 #   standard error.
-# - **Stop-gradient beats no stop-gradient only in `B->A` with true boxes**; the other three
-#   checks are inconclusive. Its mechanism holds in both directions: without the stop, the
-#   seen classes' box weights drift further in every seed, while the unseen rows move alike.
-# - **The joint rows are a weak test of stop-gradient here.** Stage 2 trains with SGD at the
-#   mask branches' learning rate, and on box weights that stage 1 trained with AdamW that
-#   rate moves them by more than their own size in both joint rows, stopped or not. Their
-#   box AP on the unseen classes falls below the frozen detector's, and their mask AP with
-#   detected boxes below every stage-wise row's.
+# - **Stop-gradient beats no stop-gradient in `B->A` with detected boxes, the paper's
+#   metric**; the other three checks are inconclusive. Its mechanism holds in both
+#   directions, in every seed: with the stop, the seen and unseen box weights move alike.
+# - **Training the box parts jointly helps `B->A`.** There the joint rows raise the box AP
+#   on the unseen classes above the frozen detector's, and their mask AP with detected
+#   boxes above every stage-wise row's. In `A->B` they leave the box AP about where it was.
 # - **A better detector raised every row, not the gaps.** Starting stage 1 from the
 #   pretrained backbones lifts the box AP on the unseen classes far above the from-scratch
 #   record, and the class-agnostic head's mask AP with it, yet the transfer gap stays below
@@ -475,12 +485,15 @@ for d in metrics["directions"]:
     assert detected["verdict"] == "inconclusive" and abs(detected["mean"]) < 2 * detected["se"] + 1e-9
     assert max(abs(x) for x in detected["diffs"]) < 1
     stop = {m: by_claim[d, "transfer, e2e + stop-grad", m]["verdict"] for m in lse_table1.CLAIM_METRICS}
-    assert stop == ({"mask_AP": "inconclusive", "true_box_mask_AP": "reproduced"} if d == "B->A"
+    assert stop == ({"mask_AP": "reproduced", "true_box_mask_AP": "inconclusive"} if d == "B->A"
                     else {"mask_AP": "inconclusive", "true_box_mask_AP": "inconclusive"})
-    for name in ("transfer, e2e", "transfer, e2e + stop-grad"):  # the joint rows: weights rewritten, detector worse
-        assert drift["summary"][lse_table1.row_name(d, name)]["omega_drift_A"]["mean"] > 1
-        assert row(d, name, "box_AP") < row(d, "class-agnostic", "box_AP")
-        assert row(d, name) < min(row(d, n) for n in STAGE_WISE)
+    assert drift["stop_gradient_keeps_A_and_B_alike"][d]["verdict"] == "reproduced"
+    for name in ("transfer, e2e", "transfer, e2e + stop-grad"):  # the joint rows against the frozen detector
+        if d == "B->A":
+            assert row(d, name, "box_AP") > row(d, "class-agnostic", "box_AP") + 1
+            assert row(d, name) > max(row(d, n) for n in STAGE_WISE)
+        else:
+            assert abs(row(d, name, "box_AP") - row(d, "class-agnostic", "box_AP")) < 1
     # the better detector: box AP and the class-agnostic row up by far more than the gap ever gets
     before, after = better_detector[d, "from scratch"], better_detector[d, "pretrained"]
     assert after["box_AP"] > 1.5 * before["box_AP"] and after["agnostic"] - before["agnostic"] > 5
