@@ -303,16 +303,12 @@ def train_heads(model: nn.Module, pooled: list[dict], targets: list[dict], joint
     and ``s``, so every variant of a direction and seed trains on the same RoIs in the same order.
     """
     heads = model.roi_heads
-    mask_branch, box_parts = nn.ModuleList([heads.mask_head, heads.mask_predictor]), nn.ModuleList()
-    if joint:
-        box_parts = nn.ModuleList([heads.box_head, heads.box_predictor])
     warmup = min(50, args.iterations // 4)
     config = TrainConfig(iterations=args.iterations, lr=args.lr, warmup_iters=warmup, **DETECTRON_RECIPE)
-    groups = [(mask_branch, config)]
-    if joint and args.init == "scratch":  # stage 1 trained them with the same SGD recipe (the first record)
-        mask_branch.extend(box_parts)
-    elif joint:
-        groups.append((box_parts, TrainConfig(iterations=args.iterations, warmup_iters=warmup)))
+    groups = [(nn.ModuleList([heads.mask_head, heads.mask_predictor]), config)]
+    if joint:
+        box_config = TrainConfig(iterations=args.iterations, warmup_iters=warmup, **stage_one_recipe(args))
+        groups.append((nn.ModuleList([heads.box_head, heads.box_predictor]), box_config))
     optimizers = [make_optimizer(modules, c) for modules, c in groups]
     schedulers = [make_scheduler(o, c) for o, (_, c) in zip(optimizers, groups)]
     params = [p for modules, _ in groups for p in modules.parameters()]
@@ -502,6 +498,12 @@ def drift(runs: dict, seeds) -> dict:
 # ---------------------------------------------------------------- the run
 
 
+def stage_one_recipe(args: argparse.Namespace) -> dict:
+    """The ``TrainConfig`` settings stage 1 trains the detector with (and the joint rows its box parts):
+    the book's defaults from a pretrained backbone, the Detectron recipe at ``--lr`` from scratch."""
+    return {} if args.init == "backbone" else dict(lr=args.lr, **DETECTRON_RECIPE)
+
+
 def stage_one(args: argparse.Namespace, train_split, seed: int, direction: str) -> tuple[rcnn.FasterRCNN, dict, dict]:
     """Stage 1: the detector learns the boxes of all eight classes. Returns it, a copy of its
     weights, and the stage's record (loss curve, seconds).
@@ -516,8 +518,7 @@ def stage_one(args: argparse.Namespace, train_split, seed: int, direction: str) 
         config = dict(iterations=args.detector_iterations, batch_size=args.batch_size, seed=seed,
                       warmup_iters=min(100, args.detector_iterations // 5), device="cpu", progress=False,
                       log_every=max(1, args.detector_iterations // 10))
-        recipe = {} if init is not None else dict(lr=args.lr, **DETECTRON_RECIPE)
-        records = train(det, data.CocoDataset(*train_split), TrainConfig(**config, **recipe))
+        records = train(det, data.CocoDataset(*train_split), TrainConfig(**config, **stage_one_recipe(args)))
     stage1 = {k: v.detach().clone() for k, v in det.state_dict().items()}
     print(f"seed {seed} stage 1 ({direction if init is not None else 'both directions'}): {took['wall_s']} s, "
           f"loss {records[-1]['loss']:.3f}", flush=True)
@@ -597,24 +598,20 @@ def run(args: argparse.Namespace) -> dict:
             continue
         save_seed = save and seed == args.seeds[0]
         stages = metrics["stages"].setdefault(str(seed), {})
-        shared: dict = {}  # from scratch, both directions share one stage 1 (and its pooled RoIs)
+        shared = None  # the stage-1 detector's weights, record, pooled RoIs and oracles
         for direction in args.directions:
             seen, unseen = DIRECTIONS[direction]
             names = [n for n in [*args.variants, *ORACLES] if row_name(direction, n) in todo]
             if not names:
                 continue  # resumed
-            if not shared:
+            if shared is None or args.init == "backbone":  # from scratch, both directions share one stage 1
                 det, stage1, stage = stage_one(args, train_split, seed, direction)
                 if save_seed and direction == "A->B":
                     save_detector(folder, stage1)
                 pooled, targets, val_inputs = stage_two_inputs(args, det, stage1, train_split, val, num_val, seed,
                                                                stage)
-                oracles = {}  # trained once per detector, scored in each direction it serves
-                if args.init == "scratch":
-                    shared = dict(det=det, stage1=stage1, stage=stage, pooled=pooled, targets=targets,
-                                  val_inputs=val_inputs, oracles=oracles)
-            else:
-                det, stage1, stage, pooled, targets, val_inputs, oracles = shared.values()
+                shared = (stage1, stage, pooled, targets, val_inputs, {})  # {}: the oracles, once per detector
+            stage1, stage, pooled, targets, val_inputs, oracles = shared
             stages[direction] = stage
             for name in names:
                 if name in ORACLES and name not in oracles:
