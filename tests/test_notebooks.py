@@ -11,8 +11,10 @@ import jupytext
 import pytest
 
 CHAPTERS = Path(__file__).resolve().parents[1] / "chapters"
-NOTEBOOKS = sorted(CHAPTERS.glob("[0-9][0-9]_*.ipynb"))
-SOURCES = sorted(CHAPTERS.glob("[0-9][0-9]_*.py"))
+# Numbered chapters, then the lettered appendices.
+PATTERNS = ("[0-9][0-9]_*", "[A-Z]_*")
+NOTEBOOKS = [p for pattern in PATTERNS for p in sorted(CHAPTERS.glob(pattern + ".ipynb"))]
+SOURCES = [p for pattern in PATTERNS for p in sorted(CHAPTERS.glob(pattern + ".py"))]
 
 
 def cells(path):

@@ -66,3 +66,54 @@ def test_show_grid(sample):
         viz.show_grid([image], ncols=1, titles=["a", "b"])
     with pytest.raises(ValueError, match="ncols"):
         viz.show_grid([image], ncols=0)
+
+
+def test_plot_detections_draws_readable_labels(sample):
+    image, target, names = sample
+    figure = Figure(figsize=(4, 4))
+    ax = figure.subplots()
+    drawn = viz.plot_detections(ax, image, target, names, title="ground truth")
+    assert drawn == len(target["boxes"])
+    assert [t.get_text() for t in ax.texts] == [names[int(k)] for k in target["labels"]]
+    assert viz.figure_problems(figure) == []
+
+
+def test_plot_detections_keeps_confident_outputs(sample):
+    image, target, names = sample
+    n = len(target["boxes"])
+    output = {"boxes": target["boxes"].as_subclass(torch.Tensor), "labels": target["labels"],
+              "scores": torch.linspace(0.9, 0.1, n)}
+    ax = Figure().subplots()
+    drawn = viz.plot_detections(ax, image, output, names, score_threshold=0.5)
+    assert drawn == int((output["scores"] >= 0.5).sum())
+    assert all(t.get_text().split()[-1] >= "0.50" for t in ax.texts)
+
+
+def test_figure_problems_names_each_defect():
+    figure = Figure(figsize=(12, 3))
+    left, right = figure.subplots(1, 2)
+    left.plot([0, 1, 2], [2, 1, 0], label="curve")
+    left.legend(loc="upper left")  # over the curve's first point
+    left.tick_params(labelsize=6)
+    right.imshow(np.random.default_rng(0).random((4, 4)))
+    right.set_title("heat")
+    problems = viz.figure_problems(figure)
+    assert any("wide" in p for p in problems)
+    assert any("under 9 pt" in p for p in problems)
+    assert any("panel 0 has no title" in p for p in problems)
+    assert any("panel 1 shows a heat map" in p for p in problems)
+    assert any("legend covers" in p for p in problems)
+
+
+def test_figure_problems_passes_a_good_figure():
+    figure = Figure(figsize=(8, 3), layout="constrained")
+    left, right = figure.subplots(1, 2)
+    left.plot([0, 1, 2], [0, 1, 2], label="curve")
+    left.legend(loc="upper left", bbox_to_anchor=(1.01, 1))
+    left.set_title("a line")
+    image = right.imshow(np.random.default_rng(0).random((4, 4)))
+    figure.colorbar(image, ax=right)
+    right.set_title("heat")
+    assert viz.figure_problems(figure) == []
+    with pytest.raises(TypeError, match="figure"):
+        viz.figure_problems("not a figure")

@@ -4,7 +4,7 @@ The ``.py`` is the source of truth; the ``.ipynb`` is regenerated from it and ru
 top to bottom, so the outputs stored in git are always those of the current code.
 
     python tools/book.py                         # every chapter
-    python tools/book.py chapters/03_roi_align.py
+    python tools/book.py chapters/04_roi_align.py
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ KERNEL = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language":
 def chapter_sources(paths: list[str] | None = None) -> list[Path]:
     """The py:percent chapter files to build: the ones named, or all of ``chapters/``."""
     if not paths:
-        return sorted(CHAPTERS.glob("[0-9][0-9]_*.py"))
+        # Numbered chapters, then the lettered appendices.
+        return [p for pattern in ("[0-9][0-9]_*.py", "[A-Z]_*.py") for p in sorted(CHAPTERS.glob(pattern))]
     sources = []
     for p in paths:
         path = Path(p).with_suffix(".py")

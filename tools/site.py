@@ -124,7 +124,7 @@ def stage(stage_dir: Path) -> None:
         shutil.rmtree(stage_dir)
     (stage_dir / "chapters").mkdir(parents=True)
     (stage_dir / MARKER).write_text("staged by tools/site.py; rebuilt on every `make site`\n")
-    for notebook in sorted((ROOT / "chapters").glob("[0-9][0-9]_*.ipynb")):
+    for notebook in [p for pattern in ("[0-9][0-9]_*.ipynb", "[A-Z]_*.ipynb") for p in sorted((ROOT / "chapters").glob(pattern))]:
         shutil.copy2(notebook, stage_dir / "chapters" / notebook.name)
     (stage_dir / "index.md").write_text(landing_page((ROOT / "README.md").read_text(encoding="utf-8")),
                                         encoding="utf-8")

@@ -6,7 +6,7 @@ import pytest
 
 pytestmark = pytest.mark.browser
 
-CHAPTER = "02_focal_loss.ipynb"
+CHAPTER = "03_focal_loss.ipynb"
 # The explorer's HTML line: "easy negatives (p_t > 0.9) carry 3.2% of the loss at γ = 2, α = 0.25 (cross entropy: 97.1%)"
 SHARE = re.compile(r"carry ([\d.]+)% of the loss at γ = ([\d.]+), α = ([\d.]+) \(cross entropy: ([\d.]+)%\)")
 
@@ -19,7 +19,7 @@ def read_share(explorer) -> tuple[float, float, float, float]:
     return tuple(float(g) for g in match.groups())
 
 
-def test_chapter_2_focal_explorer(notebook):
+def test_focal_explorer(notebook):
     chapter = notebook(CHAPTER)
     chapter.run_all()
     chapter.assert_ran_cleanly()
@@ -27,7 +27,7 @@ def test_chapter_2_focal_explorer(notebook):
     explorer = chapter.output_holding("slider", "γ (gamma)")
     explorer.scroll_into_view_if_needed()
     image = explorer.locator("img").first
-    chapter.screenshot("02_focal_loss-explorer-start", explorer)
+    chapter.screenshot("03_focal_loss-explorer-start", explorer)
     start = read_share(explorer)
     share, gamma, alpha, ce_share = start
     assert float(chapter.slider_value("γ (gamma)")) == gamma
@@ -45,7 +45,7 @@ def test_chapter_2_focal_explorer(notebook):
     assert at_zero[3] == ce_share  # the reference line does not move
     picture_at_zero = chapter.wait_for_change(image.screenshot, picture)
     assert picture_at_zero != picture, "the figure did not change when γ moved"
-    chapter.screenshot("02_focal_loss-explorer-gamma-0", explorer)
+    chapter.screenshot("03_focal_loss-explorer-gamma-0", explorer)
 
     # One arrow-key step (0.1) to the right focuses a little: the share drops a little.
     chapter.nudge_slider("γ (gamma)", "ArrowRight")
@@ -57,4 +57,4 @@ def test_chapter_2_focal_explorer(notebook):
     heavier = chapter.wait_for_change(lambda: read_share(explorer), nudged)
     assert heavier[2] == 0.75 and heavier[0] < nudged[0]
     assert chapter.wait_for_change(image.screenshot, picture_at_zero) != picture_at_zero
-    chapter.screenshot("02_focal_loss-explorer-moved", explorer)
+    chapter.screenshot("03_focal_loss-explorer-moved", explorer)

@@ -7,7 +7,7 @@ import pytest
 
 pytestmark = pytest.mark.browser
 
-CHAPTER = "03_roi_align.ipynb"
+CHAPTER = "04_roi_align.ipynb"
 EDGES = ("x1", "y1", "x2", "y2")
 EDGE = re.compile(r"\b(x1|y1|x2|y2) ([+-]?[\d.]+) px")
 
@@ -43,7 +43,7 @@ def assert_edges(shown: dict, expected: dict) -> None:
     assert {e: shown[e] for e in EDGES} == pytest.approx(expected, abs=0.05)
 
 
-def test_chapter_3_roi_explorer(notebook):
+def test_roi_explorer(notebook):
     chapter = notebook(CHAPTER)
     chapter.run_all()
     chapter.assert_ran_cleanly()
@@ -63,7 +63,7 @@ def test_chapter_3_roi_explorer(notebook):
     assert_edges(start["RoIAlign"], dict.fromkeys(EDGES, 0.0))  # aligned RoIAlign reads the box itself
     assert start["RoIPool"]["iou"] < start["RoIAlign"]["iou"] == 1.0
     picture = image.screenshot()
-    chapter.screenshot("03_roi_align-explorer-start", explorer)
+    chapter.screenshot("04_roi_align-explorer-start", explorer)
 
     # One pixel to the right with the keyboard: RoIPool's corners stay put, so its error moves by 1 px.
     chapter.nudge_slider("x", "ArrowRight")
@@ -91,7 +91,7 @@ def test_chapter_3_roi_explorer(notebook):
     new_picture = chapter.wait_for_change(image.screenshot, picture)
     assert new_picture != picture, "the figure did not change with the stride"
     picture = new_picture
-    chapter.screenshot("03_roi_align-explorer-stride-32", explorer)
+    chapter.screenshot("04_roi_align-explorer-stride-32", explorer)
 
     # One op at a time: the overlays and heatmaps change, the numbers do not.
     pictures = {"both": picture}
@@ -102,7 +102,7 @@ def test_chapter_3_roi_explorer(notebook):
         assert pictures[mode] not in (pictures["both"], picture), f"the figure did not change for mode {mode}"
         picture = pictures[mode]
         assert read() == coarse
-        chapter.screenshot(f"03_roi_align-explorer-{mode}", explorer)
+        chapter.screenshot(f"04_roi_align-explorer-{mode}", explorer)
 
     # aligned=False: every RoIAlign sample sits half a feature pixel (16 px at stride 32) right of and below the box.
     chapter.set_checkbox("aligned", False)
@@ -111,4 +111,4 @@ def test_chapter_3_roi_explorer(notebook):
     assert_edges(unaligned["RoIAlign"], dict.fromkeys(EDGES, 16.0))
     assert unaligned["RoIAlign"]["iou"] < 1.0
     assert chapter.wait_for_change(image.screenshot, picture) != picture
-    chapter.screenshot("03_roi_align-explorer-unaligned", explorer)
+    chapter.screenshot("04_roi_align-explorer-unaligned", explorer)
