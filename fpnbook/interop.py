@@ -25,6 +25,8 @@ zero weights and a bias of -1000, so its probability and its loss are exactly 0.
 from __future__ import annotations
 
 import copy
+import os
+from collections.abc import Mapping, Sequence
 from functools import partial
 
 import torch
@@ -40,13 +42,16 @@ from torchvision.models.detection.faster_rcnn import TwoMLPHead as TorchvisionTw
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.retinanet import RetinaNetHead as TorchvisionRetinaNetHead
 
-from .backbone import group_norm_groups
-from .fpn import FPN, LastLevelMaxPool, LastLevelP6P7
+from .anchors import ASPECT_RATIOS, AnchorGenerator
+from .backbone import TORCHVISION_CHANNELS, TorchvisionBackbone, group_norm_groups
+from .files import load_torch_file
+from .fpn import FPN, BackboneWithFPN, LastLevelMaxPool, LastLevelP6P7
 from .images import IMAGENET_MEAN, IMAGENET_STD
 from .poolers import MultiScaleRoIAlign
-from .rcnn import FasterRCNN, MaskRCNN
-from .roi_heads import MaskPredictor
+from .rcnn import BOX_POOL_SIZE, MASK_POOL_SIZE, FasterRCNN, MaskRCNN
+from .roi_heads import BoxPredictor, MaskHead, MaskPredictor, RoIHeads, TwoMLPHead
 from .retinanet import RetinaNet, RetinaNetHead
+from .rpn import RegionProposalNetwork, RPNHead
 
 # Logit of torchvision's unused background channel: sigmoid gives exactly 0 and so does its loss.
 TORCHVISION_BACKGROUND_LOGIT = -1000.0
@@ -241,3 +246,232 @@ def to_torchvision(module: nn.Module, image_size: int | tuple[int, int] | None =
         return torchvision_rcnn(module, image_size, copy_backbone)
     raise TypeError(f"no torchvision twin for {type(module).__name__}; expected an FPN, RetinaNet, "
                     "FasterRCNN or MaskRCNN")
+
+
+# ---------------------------------------------------------------- from torchvision's published detectors
+#
+# torchvision's ``retinanet_resnet50_fpn``, ``fasterrcnn_resnet50_fpn`` and
+# ``maskrcnn_resnet50_fpn`` (the v1 models) become the book's models with the same weights.
+# fpnbook never downloads: a reader with internet gets the COCO-trained files with
+#     torchvision.models.get_weight("FasterRCNN_ResNet50_FPN_Weights.COCO_V1").get_state_dict()
+# (cached under ``torch.hub.get_dir()``; torch.save the result to keep a file), and passes
+# the model, the state dict or the file here. Those weights are published by torchvision
+# under its BSD-3-Clause licence, trained on COCO (whose images carry their own licences).
+
+TORCHVISION_BUILDERS = {
+    "retinanet": "retinanet_resnet50_fpn",
+    "faster_rcnn": "fasterrcnn_resnet50_fpn",
+    "mask_rcnn": "maskrcnn_resnet50_fpn",
+}
+
+
+def _settings_must_match(pairs: list[tuple[str, object, object]]) -> None:
+    """Raise one ValueError naming every torchvision setting fpnbook's model would not reproduce."""
+    differ = [f"{name}: torchvision {theirs!r}, fpnbook {ours!r}" for name, theirs, ours in pairs if theirs != ours]
+    if differ:
+        raise ValueError("fpnbook cannot reproduce this torchvision model's settings: " + "; ".join(differ))
+
+
+def _body_from_torchvision(theirs_body: nn.Module) -> TorchvisionBackbone:
+    """A frozen-BN ResNet-50 (C2..C5) with the weights of torchvision's detection body.
+
+    The published models use FrozenBatchNorm2d; a model built with ``weights=None`` has
+    BatchNorm2d, whose running statistics become the frozen ones (equal in eval mode).
+    """
+    ours = TorchvisionBackbone("resnet50", norm="frozen_bn")
+    state = {k: v for k, v in theirs_body.state_dict().items() if not k.endswith("num_batches_tracked")}
+    try:
+        ours.body.load_state_dict(state)
+    except RuntimeError as error:  # missing keys or other sizes: not a ResNet-50
+        raise ValueError(f"the torchvision body is not a ResNet-50's: {error}") from error
+    return ours
+
+
+def _backbone_from_torchvision(theirs: nn.Module, retinanet: bool) -> BackboneWithFPN:
+    body_names = ("c3", "c4", "c5") if retinanet else ("c2", "c3", "c4", "c5")
+    body = _body_from_torchvision(theirs.backbone.body)
+    their_fpn, channels = theirs.backbone.fpn, theirs.backbone.out_channels
+    in_channels = [TORCHVISION_CHANNELS["resnet50"][int(n[1]) - 2] for n in body_names]
+    extra = their_fpn.extra_blocks
+    if retinanet:
+        p6 = getattr(extra, "p6", None)
+        if p6 is None:
+            raise ValueError("expected RetinaNet's P6/P7 extra blocks in the torchvision FPN")
+        extra = LastLevelP6P7(p6.in_channels, channels, use_p5=bool(extra.use_P5))
+    else:
+        extra = LastLevelMaxPool()
+    fpn = FPN(in_channels, channels, extra)
+    load_torchvision_fpn(fpn, their_fpn)
+    return BackboneWithFPN(body, fpn, in_names=body_names)
+
+
+def _check_transform(theirs: nn.Module) -> None:
+    transform = theirs.transform
+    _settings_must_match([
+        ("image_mean", [round(v, 6) for v in transform.image_mean], [round(v, 6) for v in IMAGENET_MEAN]),
+        ("image_std", [round(v, 6) for v in transform.image_std], [round(v, 6) for v in IMAGENET_STD]),
+        ("size_divisible", transform.size_divisible, 32),
+    ])
+
+
+def _retinanet_from_torchvision(theirs: nn.Module) -> RetinaNet:
+    head = theirs.head
+    norm = "gn" if any(isinstance(m, nn.GroupNorm) for m in head.modules()) else None
+    backbone = _backbone_from_torchvision(theirs, retinanet=True)
+    generator = AnchorGenerator(theirs.anchor_generator.sizes, theirs.anchor_generator.aspect_ratios)
+    num_anchors = head.classification_head.num_anchors
+    num_classes = head.classification_head.num_classes - 1  # torchvision counts the unused background channel
+    ours = RetinaNet(
+        backbone, num_classes, generator, fg_iou_thresh=theirs.proposal_matcher.high_threshold,
+        bg_iou_thresh=theirs.proposal_matcher.low_threshold, score_thresh=theirs.score_thresh,
+        topk_candidates=theirs.topk_candidates, nms_thresh=theirs.nms_thresh,
+        detections_per_img=theirs.detections_per_img, head_norm=norm,
+    )
+    _settings_must_match([("head convs", len(head.classification_head.conv), len(ours.head.cls_subnet)),
+                          ("group norm groups", [m.num_groups for m in head.modules() if isinstance(m, nn.GroupNorm)][:1],
+                           [m.num_groups for m in ours.head.modules() if isinstance(m, nn.GroupNorm)][:1])])
+    inverse = {retinanet_head_key(k): k for k in ours.head.state_dict()}
+    state = {}
+    for key, value in head.state_dict().items():
+        if key not in inverse:
+            raise ValueError(f"unexpected key in torchvision's RetinaNet head: {key!r}")
+        if key.startswith("classification_head.cls_logits."):  # drop channel 0, the background
+            value = value.view(num_anchors, num_classes + 1, *value.shape[1:])[:, 1:].flatten(0, 1)
+        state[inverse[key]] = value.clone()
+    ours.head.load_state_dict(state)
+    return ours
+
+
+def _rcnn_from_torchvision(theirs: nn.Module) -> FasterRCNN:
+    rpn, heads = theirs.rpn, theirs.roi_heads
+    if len(rpn.head.conv) != 1 or not isinstance(heads.box_head, TorchvisionTwoMLPHead):
+        raise ValueError("only the v1 models are supported (one-conv RPN head, two-fc box head): "
+                         "the *_resnet50_fpn_v2 models' conv heads have no fpnbook twin")
+    backbone = _backbone_from_torchvision(theirs, retinanet=False)
+    _settings_must_match([
+        ("rpn aspect ratios", [tuple(r) for r in rpn.anchor_generator.aspect_ratios],
+         [tuple(ASPECT_RATIOS)] * len(rpn.anchor_generator.sizes)),
+        ("rpn box coder weights", tuple(rpn.box_coder.weights), (1.0, 1.0, 1.0, 1.0)),
+        ("box coder weights", tuple(heads.box_coder.weights), (10.0, 10.0, 5.0, 5.0)),
+        ("pooler sampling ratio", heads.box_roi_pool.sampling_ratio, 2),
+        ("box pool size", tuple(heads.box_roi_pool.output_size), (BOX_POOL_SIZE, BOX_POOL_SIZE)),
+    ])
+    generator = AnchorGenerator(rpn.anchor_generator.sizes, rpn.anchor_generator.aspect_ratios)
+    our_rpn = RegionProposalNetwork(
+        generator, RPNHead(backbone.out_channels, rpn.head.cls_logits.out_channels),
+        fg_iou_thresh=rpn.proposal_matcher.high_threshold, bg_iou_thresh=rpn.proposal_matcher.low_threshold,
+        batch_size_per_image=rpn.fg_bg_sampler.batch_size_per_image,
+        positive_fraction=rpn.fg_bg_sampler.positive_fraction,
+        pre_nms_top_n=dict(rpn._pre_nms_top_n), post_nms_top_n=dict(rpn._post_nms_top_n),
+        nms_thresh=rpn.nms_thresh, min_size=rpn.min_size, score_thresh=rpn.score_thresh,
+    )
+    our_rpn.head.conv.load_state_dict(rpn.head.conv[0][0].state_dict())
+    our_rpn.head.objectness.load_state_dict(rpn.head.cls_logits.state_dict())
+    our_rpn.head.deltas.load_state_dict(rpn.head.bbox_pred.state_dict())
+    names = FasterRCNN.roi_names(list(backbone.names))
+    pool = MultiScaleRoIAlign(names, BOX_POOL_SIZE, 2, canonical_scale=224, canonical_level=4)
+    box_head = TwoMLPHead(heads.box_head.fc6.in_features, heads.box_head.fc6.out_features)
+    box_head.load_state_dict(heads.box_head.state_dict())
+    box_predictor = BoxPredictor(heads.box_predictor.cls_score.in_features, heads.box_predictor.cls_score.out_features)
+    box_predictor.load_state_dict(heads.box_predictor.state_dict())
+    mask = {}
+    if heads.has_mask():
+        mask = _mask_branch_from_torchvision(heads, names, backbone.out_channels)
+    our_heads = RoIHeads(
+        pool, box_head, box_predictor, fg_iou_thresh=heads.proposal_matcher.high_threshold,
+        bg_iou_thresh=heads.proposal_matcher.low_threshold, batch_size_per_image=heads.fg_bg_sampler.batch_size_per_image,
+        positive_fraction=heads.fg_bg_sampler.positive_fraction, score_thresh=heads.score_thresh,
+        nms_thresh=heads.nms_thresh, detections_per_img=heads.detections_per_img, **mask,
+    )
+    model_class = MaskRCNN if mask else FasterRCNN
+    return model_class(backbone, rpn=our_rpn, roi_heads=our_heads)
+
+
+def _mask_branch_from_torchvision(heads: nn.Module, names: list[str], channels: int) -> dict[str, nn.Module]:
+    convs = [m for m in heads.mask_head.modules() if isinstance(m, nn.Conv2d)]
+    if any(isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)) for m in heads.mask_head.modules()):
+        raise ValueError("only the v1 mask head (convs without normalisation) is supported")
+    mask_head = MaskHead(channels, [c.out_channels for c in convs])
+    for ours, conv in zip([m for m in mask_head if isinstance(m, nn.Conv2d)], convs):
+        ours.load_state_dict(conv.state_dict())
+    predictor = heads.mask_predictor
+    mask_predictor = MaskPredictor(predictor.conv5_mask.in_channels, predictor.conv5_mask.out_channels,
+                                   predictor.mask_fcn_logits.out_channels)
+    mask_predictor.load_state_dict(predictor.state_dict())
+    pool = MultiScaleRoIAlign(names, MASK_POOL_SIZE, 2, canonical_scale=224, canonical_level=4)
+    return dict(mask_roi_pool=pool, mask_head=mask_head, mask_predictor=mask_predictor)
+
+
+def torchvision_detector(kind: str, weights: Mapping[str, Tensor] | str | os.PathLike) -> nn.Module:
+    """torchvision's v1 ``*_resnet50_fpn`` for ``kind`` with ``weights`` (a state dict or a file of one).
+
+    The class count is read from the weights, so COCO's files (91 with the background) and
+    fine-tuned ones both load. Nothing is downloaded: ``weights=None`` everywhere.
+    """
+    if kind not in TORCHVISION_BUILDERS:
+        raise ValueError(f"kind must be one of {tuple(TORCHVISION_BUILDERS)}, got {kind!r}")
+    if isinstance(weights, (str, os.PathLike)):
+        weights = load_torch_file(weights, "torchvision detector weights")
+    if not isinstance(weights, Mapping):
+        raise TypeError(f"weights must be a state dict or a path to one, got {type(weights).__name__}")
+    key = "head.classification_head.cls_logits.bias" if kind == "retinanet" else "roi_heads.box_predictor.cls_score.bias"
+    if key not in weights:
+        raise ValueError(f"these weights are not torchvision's {TORCHVISION_BUILDERS[kind]}: no {key!r}")
+    logits = int(weights[key].numel())
+    num_classes = logits // 9 if kind == "retinanet" else logits  # RetinaNet: 9 anchors x classes
+    builder = getattr(torchvision.models.detection, TORCHVISION_BUILDERS[kind])
+    model = builder(weights=None, weights_backbone=None, num_classes=num_classes)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as error:
+        raise ValueError(f"the weights do not fit torchvision's {TORCHVISION_BUILDERS[kind]}: {error}") from error
+    return model
+
+
+def from_torchvision(model: nn.Module | Mapping[str, Tensor] | str | os.PathLike, kind: str | None = None) -> nn.Module:
+    """fpnbook's twin of torchvision's RetinaNet, Faster R-CNN or Mask R-CNN (ResNet-50 FPN, v1), same weights.
+
+    ``model``: a torchvision ``RetinaNet``/``FasterRCNN``/``MaskRCNN`` built by
+    ``retinanet_resnet50_fpn``, ``fasterrcnn_resnet50_fpn`` or ``maskrcnn_resnet50_fpn``; or
+    such a model's state dict, or a file of one, with ``kind`` (``"retinanet"``,
+    ``"faster_rcnn"``, ``"mask_rcnn"``). The v2 builders' R-CNN heads (convs with norms) have
+    no twin and are refused; ``retinanet_resnet50_fpn_v2`` converts (GroupNorm head, P6 from
+    C5) but trains with L1 where torchvision's v2 uses GIoU.
+
+    The twin has a frozen-BN ResNet-50, torchvision's anchors, thresholds and counts, and
+    K = torchvision's ``num_classes - 1`` (labels keep torchvision's numbers: for COCO
+    weights, label k is COCO category id k). fpnbook models do not resize: give the twin
+    what torchvision's transform gives its model (:func:`torchvision_resize`), and scale the
+    boxes back with :func:`scale_boxes`; it then returns torchvision's detections.
+    """
+    if not isinstance(model, nn.Module):
+        if kind is None:
+            raise ValueError("kind ('retinanet', 'faster_rcnn' or 'mask_rcnn') is needed to read a state dict or file")
+        model = torchvision_detector(kind, model)
+    if not isinstance(model, (TorchvisionRetinaNet, TorchvisionFasterRCNN)):
+        raise TypeError(f"expected a torchvision RetinaNet, FasterRCNN or MaskRCNN, got {type(model).__name__}")
+    _check_transform(model)
+    ours = _retinanet_from_torchvision(model) if isinstance(model, TorchvisionRetinaNet) else _rcnn_from_torchvision(model)
+    return ours.train(model.training)
+
+
+def torchvision_resize(image: Tensor, min_size: int = 800, max_size: int = 1333) -> tuple[Tensor, float]:
+    """Resize a float [3, H, W] image as torchvision's detection transform does; returns (image, scale).
+
+    The shorter side becomes ``min_size`` unless the longer would pass ``max_size``
+    (bilinear, ``recompute_scale_factor=True``, as ``GeneralizedRCNNTransform``), so an
+    fpnbook twin from :func:`from_torchvision` sees exactly what torchvision's model sees.
+    """
+    from torchvision.models.detection.transform import _resize_image_and_masks
+
+    if not isinstance(image, Tensor) or image.ndim != 3 or image.shape[0] != 3 or not image.is_floating_point():
+        raise ValueError(f"image must be a float Tensor[3, H, W], got {getattr(image, 'shape', type(image).__name__)}")
+    resized, _ = _resize_image_and_masks(image, float(min_size), float(max_size), None)
+    return resized, resized.shape[-1] / image.shape[-1]
+
+
+def scale_boxes(boxes: Tensor, resized_size: tuple[int, int], original_size: tuple[int, int]) -> Tensor:
+    """Boxes [N, 4] XYXY on a resized image -> the original image's pixels (torchvision's ``resize_boxes``)."""
+    from torchvision.models.detection.transform import resize_boxes
+
+    return resize_boxes(boxes, list(resized_size), list(original_size))
