@@ -132,12 +132,16 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+# Peak learning rates for fine-tuning published weights: a tenth of training from the book's backbone.
+FINETUNE_LR = {"adamw": 1e-4, "sgd": 0.005}
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from torchvision.transforms import v2
 
     from .shapes import ensure_split
     from .files import atomic_write_text
-    from .models import ModelConfig, build
+    from .models import TORCHVISION_LAYOUT, ModelConfig, build
     from .train import RUN_FILES, TrainConfig, evaluate_model, setup_distributed, train
 
     rank, device = setup_distributed()
@@ -145,9 +149,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         device = args.device
     # Every argument is checked before any work is done or any file is touched.
     mask_classes = parse_labels(args.mask_classes)
-    model_config = ModelConfig(kind=args.model, num_classes=args.num_classes, backbone=args.backbone,
-                               fpn_channels=args.fpn_channels, mask_classes=mask_classes,
-                               rpn_pre_nms_top_n_train=args.rpn_pre_nms_top_n,
+    layout = {}
+    if args.init_torchvision is not None:
+        if args.init is not None:
+            raise ValueError("give --init (a book backbone) or --init-torchvision (torchvision's weights), not both")
+        if args.model == "mask_x_rcnn":
+            raise ValueError("--init-torchvision starts retinanet, faster_rcnn or mask_rcnn, not mask_x_rcnn")
+        layout = dict(layout="torchvision", **TORCHVISION_LAYOUT)
+        if args.lr is None:
+            args.lr = FINETUNE_LR[args.optimizer]
+    model_config = ModelConfig(kind=args.model, num_classes=args.num_classes,
+                               **(layout or dict(backbone=args.backbone, fpn_channels=args.fpn_channels)),
+                               mask_classes=mask_classes, rpn_pre_nms_top_n_train=args.rpn_pre_nms_top_n,
                                rpn_post_nms_top_n_train=args.rpn_post_nms_top_n,
                                box_batch_size_per_image=args.rois_per_image)
     config = TrainConfig(iterations=args.iterations, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
@@ -156,7 +169,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                          ema_decay=args.ema_decay or None, warmup_iters=min(args.warmup, args.iterations), device=device,
                          num_workers=args.workers, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
                          out_dir=str(args.out), log_every=args.log_every)
-    for flag, path in (("--resume", args.resume), ("--init", args.init)):
+    for flag, path in (("--resume", args.resume), ("--init", args.init), ("--init-torchvision", args.init_torchvision)):
         if path is not None and not Path(path).is_file():
             raise FileNotFoundError(f"{flag} file not found: {path}")
     taken = [name for name in RUN_FILES if (args.out / name).exists()]
@@ -179,6 +192,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         parts = load_backbone(model, read_backbone(args.init), model_config)
         if rank == 0:
             print(f"initialised the {' and '.join(parts)} from {args.init}", file=sys.stderr)
+    if args.init_torchvision is not None:
+        from .interop import init_from_torchvision
+        fresh = init_from_torchvision(model, args.init_torchvision, args.model)
+        if rank == 0:
+            print(f"initialised from torchvision's weights in {args.init_torchvision}; started afresh for "
+                  f"--num-classes {args.num_classes}: {', '.join(fresh) or 'nothing'}", file=sys.stderr)
     start = time.perf_counter()
     records = train(model, train_set, config, val_dataset=val_set if rank == 0 else None, resume=args.resume,
                     model_config=model_config.to_dict(), overwrite=args.overwrite)
@@ -390,6 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--overwrite", action="store_true", help="start afresh in an OUT that already holds a run")
     tr.add_argument("--init", type=Path, default=None, help="start the body (and FPN) from a pretrained backbone "
                     "file, e.g. checkpoints/backbone.pt (python -m fpnbook pretrain)")
+    tr.add_argument("--init-torchvision", type=Path, default=None, metavar="FILE",
+                    help="fine-tune torchvision's published ResNet-50 FPN weights of --model (a state dict file; "
+                         "README: 'Starting from COCO weights'): the torchvision layout, new class-specific "
+                         "predictors for --num-classes, stem and layer1 frozen, --lr 1e-4 (adamw) / 0.005 (sgd)")
     tr.set_defaults(run=cmd_train)
 
     pt = verbs.add_parser("pretrain", help="pretrain a backbone (body + FPN) by segmenting freshly generated shapes")

@@ -475,3 +475,32 @@ def scale_boxes(boxes: Tensor, resized_size: tuple[int, int], original_size: tup
     from torchvision.models.detection.transform import resize_boxes
 
     return resize_boxes(boxes, list(resized_size), list(original_size))
+
+
+# Class-specific layers: their shapes follow K, so fine-tuning on other classes starts them afresh.
+CLASS_SPECIFIC = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits.", "head.cls_logits.")
+# torchvision freezes the stem and layer1 when it fine-tunes (``trainable_backbone_layers=3``).
+FROZEN_WHEN_FINETUNING = ("backbone.backbone.body.conv1.", "backbone.backbone.body.bn1.", "backbone.backbone.body.layer1.")
+
+
+def init_from_torchvision(model: nn.Module, weights: Mapping[str, Tensor] | str | os.PathLike, kind: str) -> list[str]:
+    """Start ``model`` from torchvision's ``kind`` weights for fine-tuning; returns the parameters started afresh.
+
+    ``model`` is built with ``ModelConfig(kind=kind, layout="torchvision", num_classes=K)``
+    for the reader's K. Every weight is copied from :func:`from_torchvision`'s twin except the
+    class-specific predictors when K differs from the weights' (they keep their fresh
+    initialisation), and the stem and ``layer1`` are frozen (``requires_grad=False``) as
+    torchvision does when it fine-tunes.
+    """
+    twin = from_torchvision(weights, kind).state_dict()
+    ours = model.state_dict()
+    differ = [k for k in ours if k not in twin or twin[k].shape != ours[k].shape]
+    foreign = [k for k in differ if not k.startswith(CLASS_SPECIFIC)] + [k for k in twin if k not in ours]
+    if foreign:
+        raise ValueError(f"the model is not torchvision's {TORCHVISION_BUILDERS[kind]} layout (build it with "
+                         f"ModelConfig(kind={kind!r}, layout='torchvision')): {foreign[:3]} do not match")
+    model.load_state_dict({k: v for k, v in twin.items() if k not in differ}, strict=False)
+    for name, parameter in model.named_parameters():
+        if name.startswith(FROZEN_WHEN_FINETUNING):
+            parameter.requires_grad_(False)
+    return differ

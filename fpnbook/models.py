@@ -27,6 +27,7 @@ from collections.abc import Mapping
 
 from torch import nn
 
+from .anchors import ASPECT_RATIOS, FPN_SIZES, AnchorGenerator
 from .backbone import TorchvisionBackbone, resnet_small, resnet_tiny
 from .fpn import FPN, BackboneWithFPN, LastLevelMaxPool, LastLevelP6P7
 from .rcnn import FasterRCNN, MaskRCNN, to_mask_x
@@ -36,6 +37,13 @@ KINDS = ("retinanet", "faster_rcnn", "mask_rcnn", "mask_x_rcnn")
 # torchvision's (and Detectron's) training counts for 800 px COCO images: ``ModelConfig(**COCO_SIZING)``.
 COCO_SIZING = dict(rpn_pre_nms_top_n_train=2000, rpn_post_nms_top_n_train=2000, box_batch_size_per_image=512)
 BACKBONES = ("tiny", "small", "resnet18", "resnet34", "resnet50")
+# "book": the parts sized for 256 px images (see the chapters). "torchvision": torchvision's
+# v1 ResNet-50 FPN detectors (``*_resnet50_fpn``), part for part, so that their published
+# weights (``interop.from_torchvision``) and checkpoints fine-tuned from them load through ``build``.
+LAYOUTS = ("book", "torchvision")
+TORCHVISION_LAYOUT = dict(backbone="resnet50", norm="frozen_bn", fpn_channels=256)
+# torchvision's RetinaNet anchors: three octave scales per level, rounded down as torchvision does.
+TORCHVISION_RETINANET_SIZES = tuple((x, int(x * 2 ** (1 / 3)), int(x * 2 ** (2 / 3))) for x in (32, 64, 128, 256, 512))
 
 
 @dataclasses.dataclass
@@ -63,8 +71,16 @@ class ModelConfig:
     rpn_pre_nms_top_n_train: int = 600
     rpn_post_nms_top_n_train: int = 300
     box_batch_size_per_image: int = 128
+    layout: str = "book"
 
     def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"ModelConfig.layout must be one of {LAYOUTS}, got {self.layout!r}")
+        if self.layout == "torchvision":
+            wrong = {k: getattr(self, k) for k, v in TORCHVISION_LAYOUT.items() if getattr(self, k) != v}
+            if wrong:
+                raise ValueError(f"ModelConfig(layout='torchvision') is torchvision's ResNet-50 FPN detector: it needs "
+                                 f"{TORCHVISION_LAYOUT}, got {wrong}")
         for name in ("fpn_channels", "rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train", "box_batch_size_per_image"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -119,24 +135,38 @@ def build_backbone(config: ModelConfig) -> BackboneWithFPN:
     body, channels = build_body(config), config.fpn_channels
     if config.kind == "retinanet":
         c3_to_c5 = body.out_channels[1:]
-        fpn = FPN(c3_to_c5, channels, LastLevelP6P7(c3_to_c5[-1], channels, use_p5=False))
+        # torchvision computes P6 from P5; the RetinaNet paper (and the book) from C5.
+        from_p5 = config.layout == "torchvision"
+        fpn = FPN(c3_to_c5, channels, LastLevelP6P7(channels if from_p5 else c3_to_c5[-1], channels, use_p5=from_p5))
         return BackboneWithFPN(body, fpn, in_names=("c3", "c4", "c5"))
     return BackboneWithFPN(body, FPN(body.out_channels, channels, LastLevelMaxPool()))
+
+
+def _torchvision_sizes(config: ModelConfig) -> tuple[dict, dict]:
+    """(two-stage sizing, mask sizing) of torchvision's v1 detectors: 800 px anchors, fc-1024, 256-channel masks."""
+    if config.layout != "torchvision":
+        return {}, {}
+    return (dict(anchor_sizes=FPN_SIZES, canonical_scale=224, representation_size=1024),
+            dict(mask_layers=(256,) * 4, mask_dim_reduced=256))
 
 
 def build(config: ModelConfig) -> nn.Module:
     """The detector ``config`` describes, with fresh weights."""
     backbone = build_backbone(config)
     if config.kind == "retinanet":
+        if config.layout == "torchvision":
+            generator = AnchorGenerator(TORCHVISION_RETINANET_SIZES, (ASPECT_RATIOS,) * 5)
+            return RetinaNet(backbone, config.num_classes, generator, detections_per_img=300)
         return RetinaNet(backbone, config.num_classes, head_norm="gn" if config.norm == "gn" else None)
+    two_stage, mask = _torchvision_sizes(config)
     sizing = dict(rpn_pre_nms_top_n=dict(training=config.rpn_pre_nms_top_n_train, testing=1000),
                   rpn_post_nms_top_n=dict(training=config.rpn_post_nms_top_n_train, testing=1000),
-                  box_batch_size_per_image=config.box_batch_size_per_image)
+                  box_batch_size_per_image=config.box_batch_size_per_image, **two_stage)
     if config.kind == "faster_rcnn":
         return FasterRCNN(backbone, config.num_classes, **sizing)
     if config.kind == "mask_rcnn":
-        return MaskRCNN(backbone, config.num_classes, **sizing)
-    model = MaskRCNN(backbone, config.num_classes, **sizing)
+        return MaskRCNN(backbone, config.num_classes, **sizing, **mask)
+    model = MaskRCNN(backbone, config.num_classes, **sizing, **mask)
     return to_mask_x(model, config.mask_classes, transfer=config.transfer_inputs, kind=config.transfer_kind,
                      class_agnostic_mlp=config.transfer_mlp_branch)
 

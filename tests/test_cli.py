@@ -124,3 +124,26 @@ def test_bad_mask_classes_name_the_flag(tiny_data, tmp_path, capsys):
     argv = ["pretrain", "--out", str(tmp_path / "b"), "--iterations", "1", "--mask-classes", "1,a"]
     assert main(argv) == 2
     assert "--mask-classes must be comma-separated integer labels" in capsys.readouterr().err
+
+
+def test_train_fine_tunes_torchvision_weights(tiny_data, tmp_path, capsys):
+    """`--init-torchvision`: stand-in weights of torchvision's Faster R-CNN (random, 5 classes) fine-tuned on 8."""
+    import torchvision
+
+    from fpnbook.cli import load_model
+
+    torch.manual_seed(0)
+    standin = torchvision.models.detection.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=5)
+    torch.save(standin.state_dict(), tmp_path / "fasterrcnn.pt")
+    out = tmp_path / "run"
+    argv = ["train", "--model", "faster_rcnn", "--out", str(out), "--iterations", "2", "--batch-size", "1",
+            "--workers", "0", "--warmup", "1", "--init-torchvision", str(tmp_path / "fasterrcnn.pt"),
+            "--train-ann", str(tiny_data / "train.json"), "--train-images", str(tiny_data / "train"),
+            "--val-ann", str(tiny_data / "val.json"), "--val-images", str(tiny_data / "val")]
+    assert main(argv) == 0
+    assert "started afresh for --num-classes 8: roi_heads.box_predictor.cls_score.weight" in capsys.readouterr().err
+    model, state = load_model(out / "last.pt")
+    assert state["model_config"]["layout"] == "torchvision" and state["train_config"]["lr"] == 1e-4
+    assert model.roi_heads.box_predictor.num_logits == 9
+    assert main([*argv[:4], str(tmp_path / "other"), *argv[5:], "--init", str(tmp_path / "fasterrcnn.pt")]) == 2
+    assert "not both" in capsys.readouterr().err

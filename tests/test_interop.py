@@ -94,3 +94,36 @@ def test_v2_rcnn_and_foreign_weights_are_refused_in_one_line():
         interop.from_torchvision(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="image must be a float Tensor"):
         interop.torchvision_resize(torch.zeros(3, 4, 4, dtype=torch.uint8))
+
+
+TORCHVISION_LAYOUT = dict(layout="torchvision", backbone="resnet50", norm="frozen_bn", fpn_channels=256)
+
+
+@pytest.mark.parametrize("kind", ["retinanet", "faster_rcnn", "mask_rcnn"])
+def test_torchvision_layout_builds_the_twins_structure(kind):
+    from fpnbook.models import ModelConfig, build
+
+    twin = interop.from_torchvision(torchvision_model(kind, num_classes=4)).state_dict()
+    built = build(ModelConfig(kind=kind, num_classes=3, **TORCHVISION_LAYOUT)).state_dict()
+    assert {k: v.shape for k, v in built.items()} == {k: v.shape for k, v in twin.items()}
+
+
+def test_init_from_torchvision_replaces_only_the_class_specific_layers(tmp_path):
+    from fpnbook.models import ModelConfig, build
+
+    theirs = torchvision_model("mask_rcnn", num_classes=6)  # a stand-in for COCO's 91
+    path = tmp_path / "maskrcnn.pt"
+    torch.save(theirs.state_dict(), path)
+    model = build(ModelConfig(kind="mask_rcnn", num_classes=2, **TORCHVISION_LAYOUT))
+    fresh = interop.init_from_torchvision(model, path, "mask_rcnn")
+    assert sorted(fresh) == sorted(["roi_heads.box_predictor.cls_score.weight", "roi_heads.box_predictor.cls_score.bias",
+                                    "roi_heads.box_predictor.bbox_pred.weight", "roi_heads.box_predictor.bbox_pred.bias",
+                                    "roi_heads.mask_predictor.mask_fcn_logits.weight",
+                                    "roi_heads.mask_predictor.mask_fcn_logits.bias"])
+    twin = interop.from_torchvision(theirs).state_dict()
+    assert all(torch.equal(v, twin[k]) for k, v in model.state_dict().items() if k not in fresh)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen and all(n.startswith(interop.FROZEN_WHEN_FINETUNING) for n in frozen)
+    assert model.backbone.backbone.body.layer2[0].conv1.weight.requires_grad
+    with pytest.raises(ValueError, match="layout='torchvision'"):
+        interop.init_from_torchvision(build(ModelConfig(kind="mask_rcnn", num_classes=2)), path, "mask_rcnn")
