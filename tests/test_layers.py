@@ -22,7 +22,7 @@ LAYERS = [
     ("layers and heads", {"poolers", "backbone", "fpn", "rpn", "roi_heads", "weight_transfer"}),
     ("meta-architectures", {"rcnn", "retinanet"}),
     ("builders and the torchvision bridge", {"models", "interop"}),
-    ("evaluation, pictures, generated data", {"evaluate", "viz", "labelme", "shapes"}),
+    ("evaluation, pictures, generated data", {"evaluate", "viz", "diagrams", "labelme", "shapes"}),
     ("data", {"data"}),
     ("training", {"train"}),
     ("pretraining", {"pretrain"}),
