@@ -5,7 +5,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -29,10 +29,10 @@
 # input-image pixels; labels run `1..8` with `0` for background.
 
 # %% [markdown]
-# **Papers.** The book follows four: [FPN](https://arxiv.org/abs/1612.03144) (chapter 1),
-# [focal loss and RetinaNet](https://arxiv.org/abs/1708.02002) (chapter 2),
-# [Mask R-CNN](https://arxiv.org/abs/1703.06870) (chapters 3 and 5) and
-# [Learning to Segment Every Thing](https://arxiv.org/abs/1711.10370) (chapter 4). This
+# **Papers.** The book follows four: [FPN](https://arxiv.org/abs/1612.03144) (chapter 2),
+# [focal loss and RetinaNet](https://arxiv.org/abs/1708.02002) (chapter 3),
+# [Mask R-CNN](https://arxiv.org/abs/1703.06870) (chapters 4, 5 and 7) and
+# [Learning to Segment Every Thing](https://arxiv.org/abs/1711.10370) (chapter 6). This
 # chapter's AP is the one of the [COCO paper](https://arxiv.org/abs/1405.0312) and its
 # evaluation code (pycocotools).
 
@@ -40,9 +40,10 @@
 # %matplotlib inline
 import json
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from pycocotools import mask as mask_utils
 
 import fpnbook
@@ -51,7 +52,7 @@ from fpnbook import boxes, data, evaluate, viz
 print("fpnbook", fpnbook.__version__, "| torch", torch.__version__)
 
 # %% [markdown]
-# ## 1. The dataset
+# ## 1. The dataset (`fpnbook.data`)
 #
 # The validation split ships with the book under `data/`. It was written by the same
 # generator you can run yourself (`python -m fpnbook data --out DIR --train N --val M
@@ -69,18 +70,22 @@ for key, value in target.items():
     print(f"{key:>8}:", type(value).__name__, tuple(value.shape) if hasattr(value, "shape") else value)
 
 # %% [markdown]
-# A grid of the first images with their boxes and masks, drawn by
-# `torchvision.utils.draw_bounding_boxes` and `draw_segmentation_masks`. Look for the tiny
-# shapes: several are only 8 to 16 pixels across. Where shapes overlap, the mask of the
-# one underneath has a bite taken out of it, and its box covers only what is visible.
+# The first six images with their ground truth, drawn by `viz.plot_detections`: each
+# mask tinted in its class's colour, its box outlined, its class named above it. Look for
+# the tiny shapes: several are only 8 to 16 pixels across. Where shapes overlap, the mask
+# of the one underneath has a bite taken out of it, and its box covers only what is visible.
 
 # %%
-samples = [dataset[i] for i in range(8)]
-drawn = [viz.draw_detections(im, t, class_names=dataset.class_names) for im, t in samples]
-viz.show_grid(drawn, ncols=4, figsize=(9, 5), titles=[f"image {t['image_id']}: {len(t['labels'])} objects" for _, t in samples])
+samples = [dataset[i] for i in range(6)]
+figure = Figure(figsize=(9.5, 6.8), dpi=80, layout="constrained")
+for ax, (im, t) in zip(figure.subplots(2, 3).flat, samples):
+    viz.plot_detections(ax, im, t, class_names=dataset.class_names,
+                        title=f"image {t['image_id']}: ground truth, {len(t['labels'])} objects")
+assert not viz.figure_problems(figure)
+figure
 
 # %% [markdown]
-# ## 2. COCO format
+# ## 2. COCO format (`pycocotools.mask`, `fpnbook.boxes`)
 #
 # The annotation file is plain JSON with three lists. Each annotation gives its box as
 # `[x, y, width, height]` (COCO's convention, which `fpnbook.boxes.xywh_to_xyxy` turns into
@@ -113,25 +118,33 @@ for ann in coco_json["annotations"]:
 #
 # COCO calls an object *small* below 32² pixels of area, *medium* up to 96², *large* above,
 # and reports AP for each (APs, APm, APl). Those bounds are in absolute pixels, not
-# relative to the image, so on our 256-pixel images they cut the objects as below. Small
-# objects are the ones a single coarse feature map loses, and chapter 1 is about them.
+# relative to the image, so on our 256-pixel images they cut the objects as below: the
+# histogram counts objects by the square root of their area, and the three shaded bands are
+# COCO's size classes, each labelled with its share of the objects. Small objects are the
+# ones a single coarse feature map loses, and chapter 2 is about them.
 
 # %%
 areas = np.array([a["area"] for a in coco_json["annotations"]])
-side = np.sqrt(areas)
-fig, ax = plt.subplots(figsize=(6, 3), dpi=80)
-ax.hist(side, bins=np.geomspace(2, 256, 30), color="tab:blue")
-for bound, name in [(32, "small | medium"), (96, "medium | large")]:
-    ax.axvline(bound, color="k", ls="--")
-    ax.text(bound * 1.05, ax.get_ylim()[1] * 0.9, name, fontsize=9)
-ax.set(xscale="log", xlabel="sqrt(area) in pixels", ylabel="objects", title="object sizes in the validation split")
-plt.show()
 shares = {name: float(np.mean(mask)) for name, mask in
           [("small", areas < 32**2), ("medium", (areas >= 32**2) & (areas < 96**2)), ("large", areas >= 96**2)]}
 print({name: f"{share:.0%}" for name, share in shares.items()}, f"of {len(areas)} objects")
+figure = Figure(figsize=(7, 3), dpi=80, layout="constrained")
+ax = figure.subplots()
+counts, _, _ = ax.hist(np.sqrt(areas), bins=np.geomspace(2, 256, 30), color="tab:blue", zorder=2)
+top = counts.max() * 1.25
+for (low, high), (name, share), shade in zip([(2, 32), (32, 96), (96, 256)], shares.items(), ("0.93", "0.85", "0.93")):
+    ax.axvspan(low, high, color=shade, zorder=0)
+    ax.text(np.sqrt(low * high), top * 0.97, f"{name}\n{share:.0%}", ha="center", va="top", fontsize=9)
+ax.set(xscale="log", xlim=(2, 256), ylim=(0, top * 1.1), xlabel="sqrt(area) in pixels (COCO bounds at 32 and 96)",
+       ylabel="objects", title="object sizes in the validation split")
+ticks = [2, 4, 8, 16, 32, 64, 96, 128, 256]
+ax.set_xticks(ticks, labels=[str(t) for t in ticks])
+ax.minorticks_off()
+assert not viz.figure_problems(figure)
+figure
 
 # %% [markdown]
-# ## 3. How COCO AP works
+# ## 3. How COCO AP works (`fpnbook.evaluate`)
 #
 # A detector outputs boxes with scores. To score it:
 #
@@ -259,28 +272,52 @@ assert abs(per_threshold[0] - official["AP50"]) < 1e-9 and abs(per_threshold[5] 
 # The precision-recall curves behind those numbers, for one class at three thresholds
 # (solid), and the monotone envelope AP is computed from (dashed): at each recall, the
 # best precision at that recall or any higher one. The area under each envelope, sampled
-# at 101 recalls, is that threshold's AP.
+# at 101 recalls, is that threshold's AP; the figure shows the curves dropping and ending
+# earlier as the threshold rises.
 
 # %%
 category = 1
-fig, ax = plt.subplots(figsize=(5, 3.5), dpi=80)
+figure = Figure(figsize=(8, 3.5), dpi=80, layout="constrained")
+ax = figure.subplots()
 for i, t in enumerate((0.5, 0.75, 0.9)):
     recall, precision = precision_recall(category, t)
     envelope = np.maximum.accumulate(precision[::-1])[::-1]
     assert (envelope >= precision).all() and (np.diff(envelope) <= 0).all()
     ax.step(recall, precision, where="post", color=f"C{i}", label=f"IoU {t}: AP {average_precision(category, t):.2f}")
     ax.step(recall, envelope, where="post", color=f"C{i}", ls="--", lw=1)
+styles = [Line2D([], [], color="k", lw=1.5), Line2D([], [], color="k", ls="--", lw=1)]
+handles = ax.get_legend_handles_labels()[0] + styles
+ax.legend(handles, [h.get_label() for h in handles[:3]] + ["precision (solid)", "its envelope (dashed)"],
+          loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=9)
 ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.05),
-       title=f"class '{dataset.class_names[dataset.cat_id_to_label[category]]}'")
-ax.legend()
-plt.show()
+       title=f"precision-recall of class '{dataset.class_names[dataset.cat_id_to_label[category]]}'")
+assert not viz.figure_problems(figure)
+figure
 
 # %% [markdown]
 # ## What comes next
 #
-# Chapter 1 asks why small objects are hard, and builds the Feature Pyramid Network that
-# fixes it. From there on every table in the book comes from `evaluate.coco_evaluate`,
-# the function we just checked.
+# Chapter 1 puts a two-stage detector together at a glance, from the image to the scored
+# boxes, and then builds by hand the four pieces every later chapter uses: box coding
+# (`BoxCoder`), labelling anchors positive, negative or ignored by their IoU (`Matcher`),
+# sampling a balanced set of them, and non-maximum suppression, each checked against
+# torchvision. The rest of the book follows the papers' parts in the order a detector uses
+# them:
+#
+# | chapter | builds | paper |
+# |---|---|---|
+# | 1 | the detection pipeline: box coding, anchor labelling, sampling, NMS | the parts all four share |
+# | 2 | feature pyramids and the region proposal network | FPN |
+# | 3 | the focal loss and RetinaNet | focal loss |
+# | 4 | RoIPool against RoIAlign | Mask R-CNN |
+# | 5 | the second stage: box head, mask branch | Mask R-CNN |
+# | 6 | masks for classes trained without any, by weight transfer | Learning to Segment Every Thing |
+# | 7 | the assembled detectors, and your own data | all four |
+# | A | training on a laptop: the recipe, profiling, time to AP | |
+# | B | how the numbers were made: commands, seeds, per-seed rows | |
+#
+# From chapter 2 on, every table in the book comes from `evaluate.coco_evaluate`, the
+# function we just checked.
 
 # %% [markdown]
 # ## Exercises (`fpnbook.exercises`)

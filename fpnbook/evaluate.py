@@ -238,9 +238,15 @@ def coco_evaluate(
     """Score COCO result dicts with pycocotools' COCOeval.
 
     Returns ``{iou_type: {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10",
-    "AR100", "ARs", "ARm", "ARl"}}`` (AR keys follow ``max_dets``; APs/ARs and friends use
-    the largest budget). A value of -1 means the ground truth has no object of that size,
-    as in pycocotools, with or without predictions; no predictions at all scores 0 everywhere else.
+    "AR100", "ARs", "ARm", "ARl"}}``, with the AR keys named after ``max_dets``. The
+    detection budget of each, as pycocotools' ``COCOeval.summarize`` fixes it: ``AP`` always
+    at 100 detections per image, whatever ``max_dets`` says (so with predictions, ``AP`` is
+    -1 when 100 is not among ``max_dets``); ``AP50``, ``AP75``, ``APs``, ``APm``, ``APl``
+    and ``ARs``, ``ARm``, ``ARl`` at the largest budget, ``max_dets[2]``; ``AR{d}`` at ``d``.
+    With ``max_dets=(10, 100, 1000)``, ``AP`` is thus scored on 100 detections per image and
+    ``AP50`` on 1000. A value of -1 otherwise means the ground truth has no object of that
+    size, as in pycocotools, with or without predictions; no predictions at all scores 0
+    everywhere else.
     Bad predictions raise a ValueError naming the first (:func:`check_predictions`).
 
     ``use_categories=False`` scores class-agnostic recall, as for RPN proposals.

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = {"__init__", "common", "gt_box_masks"}  # modules the experiments import, not experiments
+SHARED = {"__init__", "common", "gt_box_masks", "provenance"}  # modules the experiments (or appendix B) import
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "experiments").glob("*.py") if p.stem not in SHARED)
 
 
@@ -189,3 +189,74 @@ def test_class_mean_masks_pooled_gives_every_class_one_mean_and_mask_ap_restrict
     every = mask_ap(own, class_channel, dataset, len(dataset))["AP"]
     # COCO's AP is the mean over the categories present, so the per-label scores average to it.
     assert abs(sum(alone.values()) / len(alone) - every) < 1e-6
+
+
+def test_provenance_table_aligns_and_refuses_ragged_rows():
+    from experiments.provenance import table
+
+    text = table(["row", "AP", "verdict"], [["fpn", 41.5, "reproduced"], ["c4", 9.25, "inconclusive"]])
+    lines = text.splitlines()
+    assert lines[2] == "fpn  41.50  reproduced" and lines[3] == "c4    9.25  inconclusive"  # numbers right, words left
+    assert lines[1] == "---  -----  ------------"
+    with pytest.raises(ValueError, match="one value per header"):
+        table(["a", "b"], [["only one"]])
+
+
+def test_provenance_commands_follow_the_merges_in_order():
+    from experiments.provenance import commands
+
+    runs = {"ce": {"0": {}, "1": {}}, "fl": {"0": {}, "1": {}}}
+    taken = [{"flag": "--resume", "record": "/somewhere/experiments/results/t.partial.json", "command": None,
+              "rows": {"ce": ["0", "1"], "fl": ["0"]}},
+             {"flag": "--merge", "record": "runs/b.json", "rows": {"fl": ["1"]},
+              "command": "python -m experiments.t --seeds 1 --out runs/b.json"}]
+    record = {"command": "python -m experiments.t --resume --merge runs/b.json",
+              "metrics": {"runs": runs, "taken_rows": taken}}
+    found = commands(record)
+    assert [c for c, _ in found][1:] == [taken[1]["command"], record["command"]]
+    assert found[0][0].startswith("(not stored") and "seeds 0 1 of ce; seed 0 of fl" in found[0][1]
+    assert found[1][1] == "wrote runs/b.json; kept with --merge: seed 1 of fl"
+    assert found[2][1].endswith("training none itself")  # every (row, seed) came from the runs above
+    record["metrics"]["taken_rows"] = taken[:1]
+    assert commands(record)[-1][1].startswith("trained the rows not kept above")
+    alone = {"command": "python -m experiments.t", "metrics": {"runs": runs}}
+    assert commands(alone)[-1][1].startswith("trained every")
+
+
+@pytest.mark.parametrize("name", ["fpn_table1", "focal_table1", "roialign_table2", "mask_table2b", "lse_table1",
+                                  "lse_table1_scratch", "recipe", "torchvision_compare"])
+def test_provenance_reads_every_committed_record(name):
+    from experiments import provenance
+
+    assert name in provenance.SHOWN_IN
+    record = provenance.read(name)
+    text = provenance.report(record)
+    assert record["command"] in text and record["hardware"] in text
+    header, rows = provenance.per_seed(record)
+    runs = record["metrics"].get("runs")
+    if isinstance(runs, dict):  # one line per (row, seed), and check() recomputes every mean and verdict
+        assert len(rows) == sum(len(seeds) for seeds in runs.values()) and provenance.check(record) > 0
+    # The chapter the appendix names reads the record (where that chapter exists yet).
+    where, stem, _ = provenance.SHOWN_IN[name]
+    chapter = ROOT / "chapters" / f"{stem}.py"
+    if chapter.exists() and where != "appendix B":
+        assert name in chapter.read_text(), f"{chapter.name} does not read {name}"
+
+
+def test_provenance_check_catches_a_summary_or_verdict_that_does_not_follow():
+    import copy
+
+    from experiments import provenance
+
+    record = provenance.read("focal_table1")
+    wrong = copy.deepcopy(record)
+    wrong["metrics"]["summary"]["fl"]["AP"]["mean"] += 1
+    with pytest.raises(AssertionError, match="mean ± sd"):
+        provenance.check(wrong)
+    wrong = copy.deepcopy(record)
+    claim = wrong["metrics"]["claims"][0]
+    claim["verdict"] = "inconclusive" if claim["verdict"] == "reproduced" else "reproduced"
+    with pytest.raises(AssertionError, match="is not"):
+        provenance.check(wrong)
+    with pytest.raises(AssertionError, match="smoke"):
+        provenance.check({**record, "smoke": True})
