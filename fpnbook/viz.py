@@ -103,8 +103,10 @@ def plot_detections(
     for (x1, y1, x2, y2), colour, name in zip(boxes.tolist(), colours, names):
         ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour, linewidth=1.5))
         above = y1 > 0.06 * height  # room above the box for the label, else inside it
-        ax.text(x1, y1 if above else y1 + 1, name, fontsize=fontsize, color="black", va="bottom" if above else "top",
-                ha="left", clip_on=True, bbox={"facecolor": "white", "edgecolor": colour, "pad": 1, "alpha": 0.85})
+        right = x1 > width / 2  # on the right half, hang the label leftwards from the box's right edge
+        ax.text(x2 if right else x1, y1 if above else y1 + 1, name, fontsize=fontsize, color="black",
+                va="bottom" if above else "top", ha="right" if right else "left", clip_on=True,
+                bbox={"facecolor": "white", "edgecolor": colour, "pad": 1, "alpha": 0.85})
     ax.set_xlim(0, width)
     ax.set_ylim(height, 0)
     ax.set_xticks([])
