@@ -7,15 +7,20 @@ box branch, 14x14 for the mask branch), then:
   [K, num_logits] (``num_logits = num_classes + 1``, 0 = background) and class-specific deltas [K, num_logits * 4],
   encoded with :class:`fpnbook.boxes.BoxCoder` weights (10, 10, 5, 5);
 - the *mask head* (four 3x3 convs) and *mask predictor* (a 2x2 stride-2 deconv, then
-  a 1x1 conv) give one 28x28 mask logit map per class [K, num_logits, 28, 28].
+  a 1x1 conv) give one 28x28 mask logit map per class [K, num_logits, 28, 28]
+  (torchvision's layout, with a background channel that the sigmoid loss never reads;
+  the paper's head has one channel per object class).
 
-Training (Mask R-CNN paper, Sec. 3): the ground-truth boxes join the proposals;
+Training (Mask R-CNN paper, Sec. 3.1): the ground-truth boxes join the proposals;
 RoIs with IoU >= 0.5 with a ground truth are foreground, the rest background; 512
 RoIs per image are sampled, at most 25% foreground. Losses:
 
     loss_classifier = cross-entropy over the sampled RoIs
     loss_box_reg    = smooth-L1(beta=1/9) of the ground-truth class' deltas of the
-                      foreground RoIs, summed and divided by the number of sampled RoIs
+                      foreground RoIs, summed and divided by the number of sampled RoIs.
+                      beta = 1/9 is torchvision's choice, which the book follows: the
+                      papers' box loss is Fast R-CNN's (its Eq. 3), whose smooth L1 has
+                      beta = 1, as Detectron's has.
     loss_mask       = per-pixel sigmoid BCE of the ground-truth class' 28x28 mask only,
                       averaged over the foreground RoIs. Classes do not compete for a
                       pixel (no softmax over classes): the classifier already chose the
@@ -23,7 +28,7 @@ RoIs per image are sampled, at most 25% foreground. Losses:
 
 Mask targets are the ground-truth masks cut out by each RoI and resized to 28x28
 with RoIAlign (``aligned=False``, as torchvision's ``project_masks_on_boxes``).
-With partial supervision (chapter 4), a target may carry ``has_mask`` BoolTensor[G]:
+With partial supervision (chapter 6), a target may carry ``has_mask`` BoolTensor[G]:
 RoIs matched to objects without a mask get no mask loss at all.
 
 Inference: softmax scores, class-specific boxes decoded and clipped, tiny boxes and
