@@ -152,6 +152,12 @@ def _has_data(ax) -> bool:
     return bool(ax.images or ax.lines or ax.patches or ax.collections or ax.texts)
 
 
+def _has_colour_bar(image, with_bars: list) -> bool:
+    """A heat map has its own colour bar, or shares the colour map and limits of one that has (one bar for a row)."""
+    return image.colorbar is not None or any(
+        other.get_cmap().name == image.get_cmap().name and other.get_clim() == image.get_clim() for other in with_bars)
+
+
 def _inside(box, points: np.ndarray) -> bool:
     points = points[np.isfinite(points).all(1)]
     return bool(np.any((points[:, 0] >= box.x0) & (points[:, 0] <= box.x1) & (points[:, 1] >= box.y0)
@@ -209,13 +215,14 @@ def figure_problems(figure: Figure, min_points: float = 9, max_width: float = 9.
              and t.get_fontsize() < min_points - 1e-6 and t.get_window_extent(renderer).width > 0}
     problems += [f"text {text!r} is under {min_points:g} pt" for text in sorted(small)[:10]]
     panels = [ax for ax in figure.axes if ax.get_visible() and ax.get_label() != "<colorbar>" and _has_data(ax)]
+    shared = [image for ax in figure.axes for image in ax.images if image.colorbar is not None]
     titled_by_figure = len(panels) == 1 and figure._suptitle is not None
     for i, ax in enumerate(panels):
         if not (titled_by_figure or any(ax.get_title(loc=loc) for loc in ("left", "center", "right"))):
             problems.append(f"panel {i} has no title")
         for image in ax.images:
             array = image.get_array()
-            if array is not None and array.ndim == 2 and image.colorbar is None:
+            if array is not None and array.ndim == 2 and not _has_colour_bar(image, shared):
                 problems.append(f"panel {i} shows a heat map without a colour bar")
         legend = ax.get_legend()
         if legend is not None and legend.get_visible() and _legend_covers_data(ax, legend, renderer):

@@ -117,3 +117,17 @@ def test_figure_problems_passes_a_good_figure():
     assert viz.figure_problems(figure) == []
     with pytest.raises(TypeError, match="figure"):
         viz.figure_problems("not a figure")
+
+
+def test_one_colour_bar_may_serve_a_row_of_heat_maps():
+    figure = Figure(figsize=(8, 3), layout="constrained")
+    axes = figure.subplots(1, 3)
+    rng = np.random.default_rng(0)
+    images = [ax.imshow(rng.random((4, 4)), vmin=0, vmax=1) for ax in axes]
+    for ax in axes:
+        ax.set_title("p")
+    assert sum("heat map" in p for p in viz.figure_problems(figure)) == 3
+    figure.colorbar(images[-1], ax=list(axes))
+    assert viz.figure_problems(figure) == []
+    axes[0].images[0].set_clim(0, 2)  # another scale needs its own bar
+    assert viz.figure_problems(figure) == ["panel 0 shows a heat map without a colour bar"]
