@@ -17,13 +17,14 @@ from torch import Tensor
 
 NUMBERS = {
     "ch0.iou": 25 / 175,  # intersection 5 x 5; union 100 + 100 - 25
-    "ch1.level": 3,  # floor(4 + log2(100 / 112)) = floor(3.84)
-    "ch1.anchors_per_image": 3 * (64**2 + 32**2 + 16**2 + 8**2 + 4**2),  # 16,368
-    "ch2.prior_bias": -math.log((1 - 0.01) / 0.01),  # -4.595
-    "ch2.gamma": 1.0,  # negatives' share: 81% at 0, 32% at 0.5, 4.6% at 1
-    "ch3.roipool_region": (6 - 0 + 1) * 16,  # round(100/16) = 6, round(5/16) = 0: columns 0..6 -> 112 px
-    "ch4.theta_size": 5 * 256 * 64 + 64,  # 'cls+box' rows are 5 x 256 wide; one bias per mask channel
-    "ch5.rois_sampled": 4 * 128 // 4,  # 25% of 128 per image, 4 images
+    "ch2.level": 3,  # floor(4 + log2(100 / 112)) = floor(3.84)
+    "ch2.anchors_per_image": 3 * (64**2 + 32**2 + 16**2 + 8**2 + 4**2),  # 16,368
+    "ch3.prior_bias": -math.log((1 - 0.01) / 0.01),  # -4.595
+    "ch3.gamma": 1.0,  # negatives' share: 81% at 0, 32% at 0.5, 4.6% at 1
+    "ch4.roipool_region": (6 - 0 + 1) * 16,  # round(100/16) = 6, round(5/16) = 0: columns 0..6 -> 112 px
+    "ch5.box_outputs": (80 + 1) + 4 * (80 + 1),  # 81 class scores, background included, and 4 deltas for each: 405
+    "ch6.theta_size": 5 * 256 * 64 + 64,  # 'cls+box' rows are 5 x 256 wide; one bias per mask channel
+    "ch7.rois_sampled": 4 * 128 // 4,  # 25% of 128 per image, 4 images
 }
 
 
@@ -81,6 +82,15 @@ def roi_align(input: Tensor, rois: Tensor, output_size: int, spatial_scale: floa
     return out
 
 
+def mask_target(gt_mask: Tensor, gt_box: Tensor, roi: Tensor, size: int) -> Tensor:
+    from torchvision.ops import roi_align as tv_roi_align
+
+    # The RoI cuts the mask, not the object's box (gt_box is not needed): the target must lie in the
+    # frame the head predicts in. One-channel image, spatial scale 1, adaptive sampling, no half-pixel shift.
+    rois = torch.cat([roi.new_zeros(1), roi])[None].to(gt_mask.dtype)
+    return tv_roi_align(gt_mask[None, None], rois, size, spatial_scale=1.0, sampling_ratio=-1, aligned=False)[0, 0]
+
+
 def linear_transfer(omega: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     return omega @ weight.T + bias
 
@@ -99,10 +109,65 @@ def to_coco(output: dict, image_id: int, label_to_cat_id: dict) -> list[dict]:
 
 
 FUNCTIONS = {
-    "ch0.box_area": box_area, "ch0.xywh_to_xyxy": xywh_to_xyxy, "ch1.assign_levels": assign_levels,
-    "ch2.focal_loss": sigmoid_focal_loss, "ch3.bilinear": bilinear, "ch3.roi_align": roi_align,
-    "ch4.linear_transfer": linear_transfer, "ch4.has_mask": has_mask, "ch5.to_coco": to_coco,
+    "ch0.box_area": box_area, "ch0.xywh_to_xyxy": xywh_to_xyxy, "ch2.assign_levels": assign_levels,
+    "ch3.focal_loss": sigmoid_focal_loss, "ch4.bilinear": bilinear, "ch4.roi_align": roi_align,
+    "ch5.mask_target": mask_target,
+    "ch6.linear_transfer": linear_transfer, "ch6.has_mask": has_mask, "ch7.to_coco": to_coco,
 }
+
+
+# ---------------------------------------------------------------- chapter 1: the pipeline
+
+
+def _centres_and_sizes(b: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+    return b[:, 0] + w / 2, b[:, 1] + h / 2, w, h
+
+
+def encode(gt: Tensor, reference: Tensor, weights) -> Tensor:
+    wx, wy, ww, wh = weights
+    (gx, gy, gw, gh), (rx, ry, rw, rh) = _centres_and_sizes(gt), _centres_and_sizes(reference)
+    return torch.stack([wx * (gx - rx) / rw, wy * (gy - ry) / rh, ww * torch.log(gw / rw), wh * torch.log(gh / rh)], 1)
+
+
+def decode(deltas: Tensor, reference: Tensor, weights) -> Tensor:
+    wx, wy, ww, wh = weights
+    rx, ry, rw, rh = (v[:, None] for v in _centres_and_sizes(reference))  # broadcast over the K boxes
+    clip = math.log(1000 / 16)  # no box grows more than 62.5-fold; exp never overflows
+    cx, cy = rx + rw * deltas[:, 0::4] / wx, ry + rh * deltas[:, 1::4] / wy
+    w = rw * torch.exp((deltas[:, 2::4] / ww).clamp(max=clip))
+    h = rh * torch.exp((deltas[:, 3::4] / wh).clamp(max=clip))
+    return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=2).flatten(1)
+
+
+def match(iou: Tensor, high: float, low: float, allow_low_quality_matches: bool) -> Tensor:
+    if iou.shape[0] == 0:
+        return torch.full((iou.shape[1],), -1, dtype=torch.int64)
+    best, best_object = iou.max(dim=0)
+    matches = best_object.clone()
+    matches[best < low] = -1
+    matches[(best >= low) & (best < high)] = -2  # the ignore band
+    if allow_low_quality_matches:
+        is_best = (iou == iou.max(dim=1, keepdim=True).values).any(dim=0)
+        matches[is_best] = best_object[is_best]
+    return matches
+
+
+def nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: float) -> Tensor:
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    kept: list[int] = []
+    for i in scores.argsort(descending=True, stable=True).tolist():
+        rivals = torch.tensor([j for j in kept if labels[j] == labels[i]], dtype=torch.int64)
+        width = (torch.minimum(boxes[rivals, 2], boxes[i, 2]) - torch.maximum(boxes[rivals, 0], boxes[i, 0])).clamp(min=0)
+        height = (torch.minimum(boxes[rivals, 3], boxes[i, 3]) - torch.maximum(boxes[rivals, 1], boxes[i, 1])).clamp(min=0)
+        inter = width * height
+        if not (inter / (area[rivals] + area[i] - inter) > iou_threshold).any():
+            kept.append(i)
+    return torch.tensor(kept, dtype=torch.int64)
+
+
+NUMBERS["ch1.delta_w"] = 5 * math.log(50 / 40)  # ww log(gw / rw) = 5 x 0.223 = 1.116
+FUNCTIONS.update({"ch1.encode": encode, "ch1.decode": decode, "ch1.match": match, "ch1.nms": nms})
 
 
 def solution(name: str):

@@ -38,29 +38,63 @@ def one_sample_per_bin(input, rois, size, scale, ratio):  # ignores sampling_rat
     return solutions.roi_align(input, rois, size, scale, 1)
 
 
+def mask_cut_by_gt_box(gt_mask, gt_box, roi, size):  # the object's box cuts the mask, not the RoI
+    return solutions.mask_target(gt_mask, roi, gt_box, size)
+
+
 def to_coco_xyxy(output, image_id, label_to_cat_id):  # forgets COCO's [x, y, w, h]
     return [{"image_id": image_id, "category_id": label_to_cat_id[l], "bbox": b, "score": s}
             for b, l, s in zip(output["boxes"].tolist(), output["labels"].tolist(), output["scores"].tolist())]
+
+
+def encode_pixel_offsets(gt, ref, weights):  # forgets to divide the centre offset by the reference's size
+    good = solutions.encode(gt, ref, weights)
+    return torch.cat([good[:, :2] * (ref[:, 2:] - ref[:, :2]), good[:, 2:]], 1)
+
+
+def decode_unclamped(deltas, ref, weights):  # no clamp on dw, dh: exp overflows on a wild delta
+    wx, wy, ww, wh = weights
+    w, h = (ref[:, 2] - ref[:, 0])[:, None], (ref[:, 3] - ref[:, 1])[:, None]
+    cx = ref[:, 0, None] + w / 2 + w * deltas[:, 0::4] / wx
+    cy = ref[:, 1, None] + h / 2 + h * deltas[:, 1::4] / wy
+    w, h = w * torch.exp(deltas[:, 2::4] / ww), h * torch.exp(deltas[:, 3::4] / wh)
+    return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=2).flatten(1)
+
+
+def match_without_ignore_band(iou, high, low, allow):  # below high is background: no ignored candidates
+    matches = solutions.match(iou, high, low, allow)
+    return torch.where(matches == -2, torch.full_like(matches, -1), matches)
+
+
+def nms_across_classes(boxes, scores, labels, threshold):  # a circle suppresses the hexagon under it
+    return solutions.nms(boxes, scores, torch.zeros_like(labels), threshold)
 
 
 WRONG = {
     "ch0.iou": 25 / 100,  # intersection over one box, not over the union
     "ch0.box_area": area_plus_one,
     "ch0.xywh_to_xyxy": lambda b: b.clone(),  # left as (x, y, w, h)
-    "ch1.level": 4,  # rounded, not floored
-    "ch1.assign_levels": levels_rounded,
-    "ch1.anchors_per_image": 64**2 + 32**2 + 16**2 + 8**2 + 4**2,  # one anchor per location
-    "ch2.prior_bias": -math.log(100),  # -log(1 / pi) instead of -log((1 - pi) / pi)
-    "ch2.gamma": 0.5,
-    "ch2.focal_loss": focal_from_log_sigmoid,
-    "ch3.bilinear": nearest_pixel,
-    "ch3.roipool_region": 95,  # the box's own width: no rounding
-    "ch3.roi_align": one_sample_per_bin,
-    "ch4.linear_transfer": lambda omega, weight, bias: omega @ weight.T,  # no bias
-    "ch4.theta_size": 5 * 256 * 64,  # no biases
-    "ch4.has_mask": lambda labels, mask_classes: torch.ones(len(labels), dtype=torch.bool),
-    "ch5.to_coco": to_coco_xyxy,
-    "ch5.rois_sampled": 4 * 128,  # all sampled RoIs, not only the foreground
+    "ch1.delta_w": math.log(50 / 40),  # the weight ww = 5 forgotten
+    "ch1.encode": encode_pixel_offsets,
+    "ch1.decode": decode_unclamped,
+    "ch1.match": match_without_ignore_band,
+    "ch1.nms": nms_across_classes,
+    "ch2.level": 4,  # rounded, not floored
+    "ch2.assign_levels": levels_rounded,
+    "ch2.anchors_per_image": 64**2 + 32**2 + 16**2 + 8**2 + 4**2,  # one anchor per location
+    "ch3.prior_bias": -math.log(100),  # -log(1 / pi) instead of -log((1 - pi) / pi)
+    "ch3.gamma": 0.5,
+    "ch3.focal_loss": focal_from_log_sigmoid,
+    "ch4.bilinear": nearest_pixel,
+    "ch4.roipool_region": 95,  # the box's own width: no rounding
+    "ch4.roi_align": one_sample_per_bin,
+    "ch5.mask_target": mask_cut_by_gt_box,
+    "ch5.box_outputs": 80 + 4 * 80,  # the background forgotten
+    "ch6.linear_transfer": lambda omega, weight, bias: omega @ weight.T,  # no bias
+    "ch6.theta_size": 5 * 256 * 64,  # no biases
+    "ch6.has_mask": lambda labels, mask_classes: torch.ones(len(labels), dtype=torch.bool),
+    "ch7.to_coco": to_coco_xyxy,
+    "ch7.rois_sampled": 4 * 128,  # all sampled RoIs, not only the foreground
 }
 
 
