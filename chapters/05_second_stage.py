@@ -18,11 +18,14 @@
 # Chapter 4 cut a fixed-size patch of features out of the pyramid for every proposal.
 # This chapter builds what reads those patches. Fast R-CNN's **box head** classifies each
 # proposal and refines its box; Mask R-CNN adds a **mask branch** beside it, a small
-# fully convolutional network that paints a 28 x 28 mask inside each box. Chapter 1 taught
-# the parts both heads borrow: box coding (`fpnbook.boxes.BoxCoder`), matching by IoU
-# (`fpnbook.matching.Matcher`), balanced sampling (`BalancedSampler`) and NMS. Here they
-# meet the real heads of the book's shipped Mask R-CNN, step by step, each step checked
-# against `fpnbook.roi_heads` and torchvision with the same weights.
+# fully convolutional network that paints a 28 x 28 mask inside each box. After this
+# chapter you can run both heads by hand from a trained model's weights, compute their
+# three losses and the final detections, say why the mask loss reads one channel only,
+# and read the paper's Table 2b against ours. Chapter 1 taught the parts both heads
+# borrow: box coding (`fpnbook.boxes.BoxCoder`), matching by IoU (`fpnbook.matching.Matcher`),
+# balanced sampling (`BalancedSampler`) and NMS. Here they meet the heads of chapter 1's
+# trained Mask R-CNN (`checkpoints/mask_rcnn.pt`), step by step, each step checked against
+# `fpnbook.roi_heads` and torchvision with the same weights.
 #
 # 1. **The heads at a glance** (`fpnbook.diagrams`): the second stage drawn from the
 #    model's own modules, and where its sizes depart from the paper's.
@@ -43,7 +46,6 @@
 # %%
 # %matplotlib inline
 import json
-import math
 from pathlib import Path
 
 import matplotlib
@@ -68,7 +70,7 @@ torch.set_num_threads(1)
 matplotlib.rcParams.update({"figure.dpi": 72, "font.size": 9})
 print("fpnbook", fpnbook.__version__, "| torch", torch.__version__, "| torchvision", torchvision.__version__)
 
-# The book's shipped Mask R-CNN and one validation image with its ground truth.
+# The book's trained Mask R-CNN (chapter 1's) and one validation image with its ground truth.
 trained, _ = cli.load_model(ROOT / "checkpoints" / "mask_rcnn.pt")
 heads = trained.roi_heads
 val_set = data.CocoDataset(*data.val_paths())
@@ -81,12 +83,13 @@ print(f"{type(trained).__name__}, {len(names) - 1} classes; image {tuple(val_ima
 # %% [markdown]
 # ## 1. The heads at a glance (`fpnbook.diagrams`)
 #
-# Every proposal of the RPN goes through RoIAlign twice: a 7 x 7 patch feeds the box
-# head, a 14 x 14 patch the mask head. The box head ends in a class score per class and a
-# box per class; the mask head in a 28 x 28 mask per class. Three losses train them:
-# $L_{cls}$ and $L_{box}$ on the box head, $L_{mask}$ on the mask head; the RPN in front
-# (chapter 2) has its own two. The diagram reads every size from the shipped model's
-# modules.
+# RoIAlign cuts a 7 x 7 patch for every proposal of the RPN, and the box head reads it; a
+# second RoIAlign cuts a 14 x 14 patch for the mask head, from the foreground RoIs in
+# training and from the final detections at inference. The box head ends in a class score
+# per class and a box per class; the mask head in a 28 x 28 mask per class. Three losses
+# train them: $L_{cls}$ and $L_{box}$ on the box head, $L_{mask}$ on the mask head; the RPN
+# in front (chapter 2) has its own two. The diagram reads every size from the trained
+# model's modules.
 
 # %%
 from fpnbook import diagrams
@@ -96,6 +99,9 @@ assert not viz.figure_problems(figure)
 figure
 
 # %% [markdown]
+# The diagram shows the RPN and the two heads as three rows, each ending in the losses
+# that train it.
+#
 # **Where the book's heads depart from the paper's.** The sizes below are read from the
 # modules. The paper's FPN box head has two fully connected layers of 1024 units, and its
 # mask head four 3x3 convolutions and a deconvolution of 256 channels; the book's are 256
@@ -144,8 +150,8 @@ assert [c.out_channels for c in mask_convs] == [64] * 4 and heads.sampler.batch_
 #    RoIs, with β = 1/9. That β is torchvision's choice, which the book follows; Fast
 #    R-CNN's smooth L1 (its Eq. 3), which Mask R-CNN keeps, and Detectron's have β = 1.
 # 4. **Post-processing** at inference: softmax, decode each class's box with chapter 1's
-#    `BoxCoder`, clip, drop the background column and scores ≤ 0.05, NMS at 0.5 per class
-#    (`torchvision.ops.batched_nms`, chapter 1), keep 100.
+#    `BoxCoder`, clip, drop the background column, scores ≤ 0.05 and boxes under 0.01 px,
+#    NMS at 0.5 per class (`torchvision.ops.batched_nms`, chapter 1), keep 100.
 
 # %%
 with torch.no_grad():
@@ -158,6 +164,7 @@ with torch.no_grad():
     best_iou, best_gt = iou.max(dim=0)
     labels = torch.where(best_iou >= 0.5, val_target["labels"][best_gt], 0)
     assert heads.matcher.high == heads.matcher.low == 0.5  # one threshold: no ignored band
+    assert heads.box_coder.weights == (10, 10, 5, 5)
     ours_matched, ours_labels = heads.assign_targets(candidates, val_target["boxes"], val_target["labels"])
     assert torch.equal(labels, ours_labels) and torch.equal(best_gt[labels > 0], ours_matched[labels > 0])
     torch.manual_seed(0)
@@ -235,14 +242,23 @@ for ax, drawn, title in ((ax_rois, zip(rois[0].tolist(), sampled_labels[0].tolis
         ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=1.5 if label else 0.7,
                                ec=viz.PALETTE[label % 10] if label else "white"))
     ax.set(xticks=[], yticks=[], title=title)
-for ax, kept in ((ax_gt, val_target["boxes"]), (ax_det, by_hand[0][by_hand[1] >= threshold])):
-    for text, (x1, y1, x2, y2) in zip(ax.texts, kept.tolist()):
-        if x1 > 0.6 * val_image.shape[-1]:  # a label near the right edge ends at the box's right side instead
-            text.set(x=x2, horizontalalignment="right")
 for ax in (ax_gt, ax_det, ax_rois, ax_all):
     ax.title.set_fontsize(10)
 assert shown == int((by_hand[1] >= threshold).sum()) and not viz.figure_problems(figure)
+# Detections under the threshold that sit on a detection of another class (per-class NMS compares one class only).
+overlap = torchvision.ops.box_iou(by_hand[0], by_hand[0]) > 0.5
+rivals = int((overlap & (by_hand[2][:, None] != by_hand[2][None]))[by_hand[1] < threshold].any(1).sum())
+print(f"{len(rois[0]) - foreground} of {len(rois[0])} sampled RoIs are background; {shown} of {len(by_hand[0])} "
+      f"detections reach {threshold}, and {rivals} of the rest sit on a box of another class at IoU > 0.5")
+assert len(rois[0]) - foreground > 2 * foreground and rivals > (len(by_hand[0]) - shown) / 2
 figure
+
+# %% [markdown]
+# Training (bottom left) sees mostly background RoIs scattered over the image, with the
+# foreground ones piled on the four objects; at inference (bottom right), most boxes under
+# the 0.5 threshold (printed above) are a second class's box on an object already found,
+# which per-class NMS keeps because it only compares boxes of one class, and the rest small
+# boxes on background specks (colours are the classes of the top row).
 
 # %% [markdown]
 # ## 3. The mask branch by hand (`fpnbook.roi_heads`)
@@ -277,6 +293,7 @@ with torch.no_grad():
     assert torch.allclose(mask_targets, project_masks_on_boxes(gt_masks, fg_rois, fg_matched, 28), atol=1e-6)
     assert torch.allclose(mask_targets, tv_roi_heads.project_masks_on_boxes(gt_masks, fg_rois, fg_matched, 28),
                           atol=1e-6)
+    assert ((mask_targets > 0.05) & (mask_targets < 0.95)).any()  # soft at the edges: not only 0s and 1s
 
     # 2. The head, layer by layer, with the trained weights.
     x = heads.mask_roi_pool(features, [fg_rois], sizes)                                # [R, C, 14, 14]
@@ -331,18 +348,29 @@ axes[1].set_title("target (28 x 28)")
 for ax, c in zip(axes[2:], [label, *others]):
     shown.append(ax.imshow(mask_logits[r, c].sigmoid(), cmap="gray", vmin=0, vmax=1))
     ax.set_title(f"channel {names[c]}" + (" (trained)" if c == label else ""))
-colour_bar = figure.colorbar(shown[-1], ax=axes[1:], label="mask probability", shrink=0.9)
-for im in shown:  # one colour bar serves the four masks: they share the 0..1 scale
-    im.colorbar = colour_bar
+figure.colorbar(shown[-1], ax=axes[1:], label="mask probability", shrink=0.9)  # one scale, 0..1, for the four
 for ax in axes:
     ax.set(xticks=[], yticks=[])
 assert not viz.figure_problems(figure)
+target_px, predicted = mask_targets[r] > 0.5, mask_logits[r] > 0  # logit > 0 is probability > 0.5
+agreement = {names[c]: float((predicted[c] & target_px).sum() / (predicted[c] | target_px).sum())
+             for c in [label, *others]}
+print("IoU of each channel's mask (probability > 0.5) with the target:",
+      ", ".join(f"{k} {v:.2f}" for k, v in agreement.items()))
+assert min(agreement.values()) > 0.8
 figure
+
+# %% [markdown]
+# The trained channel matches the target, and the two untrained channels paint nearly the
+# same shape (IoUs printed above): the head has learnt where the object is, and which class
+# it is comes from the box head.
 
 # %% [markdown]
 # ## 4. The paper's Table 2b in miniature: softmax against sigmoid masks (`experiments.mask_table2b`)
 #
-# The alternative is FCN's: a per-pixel **softmax** over the `K + 1` channels
+# The alternative is that of FCN (Long et al.'s fully convolutional network for semantic
+# segmentation, which gives every pixel one class): a per-pixel **softmax** over the `K + 1`
+# channels
 # (`fpnbook.roi_heads.softmax_mask_loss`), where each pixel is labelled the RoI's class
 # inside its mask and background outside. Every channel then gets a gradient and the
 # classes compete for each pixel. The paper reports 24.8 mask AP for softmax against 30.3
@@ -350,7 +378,7 @@ figure
 #
 # The experiment trains the same head both ways and changes nothing else: C4 (stride 16)
 # of the tiny ResNet, started from the book's pretrained backbone; the **ground-truth
-# boxes** as RoIs, so detection cannot differ, only masks can; the book's default recipe;
+# boxes** as RoIs, so detection cannot differ, only masks can; appendix A's training recipe;
 # three seeds, each giving both variants the same initial weights and images. A softmax
 # mask is read as FCN reads it: the pixels where the RoI's class wins the argmax. COCO
 # mask AP scores both on 256 freshly generated images. Appendix B gives the commands and
@@ -394,6 +422,9 @@ assert not viz.figure_problems(figure)
 figure
 
 # %% [markdown]
+# In the figure our sigmoid bars stand far above our softmax bars, while the paper's hatched
+# pair differs by a few points.
+#
 # **Verdict: reproduced, and far stronger than in the paper: sigmoid masks beat softmax
 # masks in every seed, by about 40 AP points where the paper finds 5.5.**
 #
@@ -403,8 +434,8 @@ figure
 # choice among eight shapes from a 14 x 14 patch of small features. The sigmoid head never
 # has to make that choice, because the box branch names the class and the mask head only
 # segments. The softmax spreads each object pixel's probability over the classes, so the
-# box's own class seldom wins the pixel, and its training loss stays far above the
-# sigmoid's. On COCO, with a ResNet-50 whose features already tell classes apart, the
+# box's own class seldom wins the pixel: read at the box's class, the softmax masks keep
+# only a few percent of the sigmoid's AP. On COCO, with a ResNet-50 whose features already tell classes apart, the
 # paper loses 5.5 points to this coupling.
 
 # %%
@@ -412,11 +443,7 @@ fg_share = [m2b["runs"]["softmax"][s]["AP_softmax_fg"] / m2b["runs"]["sigmoid"][
 own_share = [m2b["runs"]["softmax"][s]["AP"] / m2b["runs"]["sigmoid"][s]["AP"] for s in seeds2b]
 print(f"softmax masks read as any class against the background reach {min(fg_share):.0%} to {max(fg_share):.0%} "
       f"of the sigmoid masks' AP; read at the box's class, {min(own_share):.0%} to {max(own_share):.0%}")
-final_loss = {v: np.mean([m2b["runs"][v][s]["final_loss"] for s in seeds2b]) for v in ("softmax", "sigmoid")}
-print("final training loss, mean over seeds: " + ", ".join(f"{v} {x:.2f}" for v, x in final_loss.items())
-      + f" (a uniform guess over the {len(names)} channels scores {math.log(len(names)):.2f})")
 assert all(d > 0 for d in gap["diffs"]) and 35 < gap["mean"] < 45 and min(fg_share) > 0.6 > 0.1 > max(own_share)
-assert final_loss["softmax"] > 3 * final_loss["sigmoid"]
 
 # %% [markdown]
 # **What to take away.** The second stage reuses chapter 1's parts on proposals instead of
