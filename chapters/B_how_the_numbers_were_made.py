@@ -19,9 +19,11 @@
 # appendix A are read from a record an experiment wrote, `experiments/results/NAME.json`,
 # committed with the book. Every shipped model has a card in `checkpoints/cards.json`.
 # The chapters show what the numbers say; this appendix shows how each was made, for a
-# reader who wants to make one again or check it:
+# reader who wants to make one again or check it. **To remake a number, find its record
+# in section 1: the table gives its seeds, and the list below it the one command that
+# makes it again.**
 #
-# 1. **The records at a glance** (`experiments.provenance`): which chapter shows each.
+# 1. **The records at a glance** (`experiments.provenance`): chapter, seeds, command.
 # 2. **How to rerun an experiment**: the flags every experiment shares.
 # 3. **FPN, Table 1** (chapter 2).
 # 4. **Focal loss, Table 1** (chapter 3).
@@ -33,11 +35,11 @@
 # 8. **The training recipe and torchvision** (appendix A).
 # 9. **The shipped checkpoints** (`checkpoints/cards.json`).
 #
-# Each section says in a few lines how its record was made, then prints it: the machine,
-# the seeds, the split it was scored on, the time it took, every command that wrote rows
-# into it, in order, and every seed's row. Nothing below is typed in by hand: the module
-# `experiments.provenance` reads the files, and each section asserts that the record's
-# means and verdicts follow from its per-seed rows.
+# Sections 3 to 8 say in a few lines how each record was made, then print it: the
+# command to make it again, the machine, the seeds, the split it was scored on, the time
+# it took, every command that actually wrote rows into it, in order, and every seed's
+# row. Nothing below is typed in by hand: `experiments.provenance` reads the files, and
+# `provenance.check` recomputes each record's means and verdicts from its per-seed rows.
 
 # %%
 # %matplotlib inline
@@ -56,18 +58,27 @@ print("fpnbook", fpnbook.__version__)
 # %% [markdown]
 # ## 1. The records at a glance (`experiments.provenance`)
 #
-# One line per record: where the book shows it, what it measures, its seeds, the version
-# of the library that made it, and how many of its numbers `provenance.check` recomputed
-# from its per-seed rows (every mean, sd and paired verdict; the last two records keep no
-# seeded rows to recompute from).
+# One line per record: where the book shows it, what it measures, its seeds, the section
+# of this appendix that tells how it was made, and how many of its numbers
+# `provenance.check` recomputed from its per-seed rows (every mean, sd and paired verdict;
+# the last two records keep no seeded rows). Below the table, the command that makes each
+# record again, every row and seed in one process (`provenance.remake`), run from the
+# repository root; the recipe's record was built up by several commands, listed in
+# section 8.
 
 # %%
 records = {name: provenance.read(name) for name in provenance.SHOWN_IN}
 checked = {name: provenance.check(record) for name, record in records.items()}
-print(provenance.table(["record", "shown in", "what it measures", "seeds", "fpnbook", "rechecked"],
+SECTION = {"fpn_table1": 3, "focal_table1": 4, "roialign_table2": 5, "mask_table2b": 6, "lse_table1": 7,
+           "lse_table1_scratch": 7, "recipe": 8, "torchvision_compare": 8}
+print(provenance.table(["record", "shown in", "what it measures", "seeds", "section", "rechecked"],
                        [[f"{name}.json", where, what, dict(provenance.facts(records[name]))["seeds"],
-                         records[name]["fpnbook_version"], checked[name]]
+                         SECTION[name], checked[name]]
                         for name, (where, _, what) in provenance.SHOWN_IN.items()]))
+print("\nto make a record again:")
+for name, record in records.items():
+    print(f"  {name + ':':<21}{provenance.remake(record, name) or 'the commands of section 8, in order'}")
+assert [name for name, record in records.items() if provenance.remake(record, name) is None] == ["recipe"]
 # Every committed record is listed (a record is a file with the command that wrote it), and none is a smoke run.
 on_disk = {p.stem for p in common.RESULTS.glob("*.json") if "command" in json.loads(p.read_text())}
 assert on_disk == set(records) and not any(r["smoke"] for r in records.values())
@@ -76,7 +87,8 @@ assert on_disk == set(records) and not any(r["smoke"] for r in records.values())
 # ## 2. How to rerun an experiment
 #
 # Each experiment is a module of `experiments/`, run from the repository root as
-# `python -m experiments.NAME`. Its docstring gives the whole setup; the flags they share:
+# `python -m experiments.NAME`. Its docstring gives the whole setup; the flags they share
+# (the commands of section 1 need only the first two):
 #
 # - `--seeds 0 1 2`: every seed trains every row from the same weights and feeds it the
 #   same images in the same order, so two rows of one seed differ by the row alone.
@@ -87,10 +99,10 @@ assert on_disk == set(records) and not any(r["smoke"] for r in records.values())
 # - `--out PATH`: where the record goes (by default, `experiments/results/NAME.json`).
 # - `--resume`: a run stopped part way leaves its finished rows in `NAME.partial.json`;
 #   the same command with `--resume` trains only the rest.
-# - `--merge RECORD ...`: keeps the rows of other records of the same setup, so that
-#   processes running side by side (one per seed, or one per direction) make one table. The
-#   record lists, in `metrics.taken_rows`, which rows came from where and the command that
-#   made them; the commands below are read from it. A record of another setup is refused.
+# - `--merge RECORD ...`: keeps the rows of other records of the same setup (a record of
+#   another setup is refused), so that processes running side by side (one per seed, or
+#   one per direction) make one table. The record lists in `metrics.taken_rows` which rows
+#   came from where, and the command that made them.
 #
 # A verdict reads as in the chapters: "reproduced" when the paper's ordering holds in
 # every seed, or the mean of the per-seed differences exceeds twice its standard error;
@@ -101,11 +113,11 @@ assert on_disk == set(records) and not any(r["smoke"] for r in records.values())
 #
 # An RPN on one map (C4, C5, the pyramid's finest level P2) or on the pyramid, and the
 # pyramid without its top-down path or without its lateral connections, scored by the
-# average recall of its proposals. One process trained every row of every seed.
+# average recall (AR) of its proposals. One process trained every row of every seed.
 
 # %%
 fpn = records["fpn_table1"]
-print(provenance.report(fpn))
+print(provenance.report(fpn, name="fpn_table1"))
 assert "taken_rows" not in fpn["metrics"] and "--merge" not in fpn["command"]
 
 # %% [markdown]
@@ -114,11 +126,12 @@ assert "taken_rows" not in fpn["metrics"] and "--merge" not in fpn["command"]
 # RetinaNet trained with cross entropy, α-balanced cross entropy and focal loss of several
 # γ, scored by box AP. Two processes made the rows: the record's own command, stopped
 # part way and continued with `--resume`, and a second one that trained the last seed of
-# three rows beside it; the record's final command kept both and trained nothing.
+# three rows beside it; the final command kept both and trained nothing. The first line
+# gives the one command that trains them all.
 
 # %%
 focal = records["focal_table1"]
-print(provenance.report(focal))
+print(provenance.report(focal, name="focal_table1"))
 assert [t["flag"] for t in focal["metrics"]["taken_rows"]] == ["--resume", "--merge"]
 assert provenance.commands(focal)[-1][1].endswith("training none itself")
 
@@ -127,12 +140,13 @@ assert provenance.commands(focal)[-1][1].endswith("training none itself")
 #
 # The same mask branch on RoIPool or RoIAlign features, at stride 16 and 32, given the true
 # boxes, scored by mask AP. The rows were trained by an earlier run of the same setup; the
-# record's command kept them (`--merge` of the record itself) and scored chapter 4's
-# class-mean reference, so its wall time is a small part of the rows' training time.
+# record's last command kept them (`--merge` of the record itself) and scored chapter 4's
+# class-mean reference, so its wall time is a small part of the rows' training time. The
+# first line gives the one command that trains the rows and scores the reference.
 
 # %%
 roialign = records["roialign_table2"]
-print(provenance.report(roialign))
+print(provenance.report(roialign, name="roialign_table2"))
 print("class-mean masks, no features (AP, AP50, AP75):", roialign["metrics"]["class_mean_masks"])
 assert roialign["wall_time_s"] < roialign["train_s_all_rows"] / 10
 
@@ -145,7 +159,7 @@ assert roialign["wall_time_s"] < roialign["train_s_all_rows"] / 10
 
 # %%
 table2b = records["mask_table2b"]
-print(provenance.report(table2b))
+print(provenance.report(table2b, name="mask_table2b"))
 print(provenance.table(*provenance.per_seed(table2b, ["AP", "AP_softmax_p", "AP_softmax_fg"], rows=["softmax"])))
 assert "taken_rows" not in table2b["metrics"]
 
@@ -162,7 +176,7 @@ assert "taken_rows" not in table2b["metrics"]
 
 # %%
 lse = records["lse_table1"]
-print(provenance.report(lse, rows=[lse_table1.row_name(d, r) for d in lse["metrics"]["directions"]
+print(provenance.report(lse, name="lse_table1", rows=[lse_table1.row_name(d, r) for d in lse["metrics"]["directions"]
                                    for r in provenance.LSE_ROWS]))
 assert provenance.commands(lse)[-1][1].endswith("training none itself")
 
@@ -275,7 +289,7 @@ for direction in lse["metrics"]["directions"]:
 # How that record was made, and its rows:
 
 # %%
-print(provenance.report(scratch, rows=[lse_table1.row_name(d, r) for d in scratch["metrics"]["directions"]
+print(provenance.report(scratch, name="lse_table1_scratch", rows=[lse_table1.row_name(d, r) for d in scratch["metrics"]["directions"]
                                        for r in provenance.LSE_ROWS]))
 assert scratch["metrics"]["setup"]["init"] == "scratch" and lse["metrics"]["setup"]["init"] == "backbone"
 
@@ -283,26 +297,27 @@ assert scratch["metrics"]["setup"]["init"] == "scratch" and lse["metrics"]["setu
 # ## 8. The training recipe and torchvision (`experiments/recipe.py`, `experiments/torchvision_compare.py`, appendix A)
 #
 # The recipe record is cumulative: each command adds its runs to the same file and skips a
-# run already in it, so the record lists every command that wrote to it. Its AP values
-# are fractions (0 to 1), as pycocotools gives them, scored on a decision split that
-# nothing else uses.
+# run already in it, so the record lists every command that wrote to it, and running them
+# in order makes it again. Its AP values are fractions (0 to 1), as pycocotools gives
+# them, scored on a decision split that nothing else uses.
 
 # %%
 recipe = records["recipe"]
-print(provenance.report(recipe))
+print(provenance.report(recipe, name="recipe"))
 runs = recipe["metrics"]["runs"]
 assert len({(r["variant"], r["seed"]) for r in runs}) == len(runs)  # no run twice
 
 # %% [markdown]
 # The comparison with torchvision trains torchvision's Mask R-CNN from the same weights on
-# the same data and schedule as the book's, and reuses the training run behind the book's
-# shipped Mask R-CNN for the book's side (the note says how). Its APs are fractions too,
-# after a schedule far too short to detect anything: the point is that both libraries
-# train alike and how fast each runs.
+# the same data and schedule as the book's. For the book's side the record's command
+# reused a training run (`--fpnbook-run`, the note says which); without that flag, the
+# first line's command, the script trains it too. Its APs are fractions, after a schedule
+# far too short to detect anything: the point is that both libraries train alike, and
+# how fast each runs.
 
 # %%
 compare_record = records["torchvision_compare"]
-print(provenance.report(compare_record))
+print(provenance.report(compare_record, name="torchvision_compare"))
 print("schedule:", compare_record["metrics"]["schedule"])
 assert compare_record["metrics"]["schedule"]["iterations"] < 100
 assert all(v["bbox"]["AP"] < 0.01 for v in compare_record["metrics"]["val"].values())

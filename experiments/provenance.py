@@ -164,6 +164,35 @@ def commands(record: Mapping) -> list[tuple[str, str]]:
     return out + [(record["command"], what)]
 
 
+# Flags that only stitched runs together or reused one (remake() drops them).
+STITCHING = ("--resume", "--merge", "--out", "--save-models", "--fpnbook-run", "--seeds", "--seed")
+
+
+def remake(record: Mapping, name: str) -> str | None:
+    """One command that makes record ``NAME`` again, every row and seed in one process.
+
+    The record's own command without :data:`STITCHING` (``--fpnbook-run`` reused a
+    training run that the experiment otherwise makes itself), with the record's seed(s), its
+    ``--init`` and, where ``name`` is not the experiment's default file,
+    ``--out experiments/results/NAME.json``. ``None`` for a cumulative record (the
+    recipe's: every command of :func:`commands` added runs).
+    """
+    if "commands" in record:
+        return None
+    kept, skipping = [], False
+    for word in record["command"].split():
+        if word.startswith("--"):
+            skipping = word in STITCHING
+        if not skipping:
+            kept.append(word)
+    if record["metrics"].get("setup", {}).get("init") == "scratch" and "--init" not in kept:
+        kept += ["--init", "scratch"]
+    kept += ["--seeds", *map(str, record["seeds"])] if "seeds" in record else ["--seed", str(record["seed"])]
+    if name != record["experiment"]:
+        kept += ["--out", f"experiments/results/{name}.json"]
+    return " ".join(kept)
+
+
 def evaluation_split(record: Mapping) -> str:
     """Where the record's numbers were scored: generator seed and size, as the record states them."""
     metrics = record["metrics"]
@@ -277,12 +306,17 @@ def smoke_command(record: Mapping) -> str:
     return f"python -m experiments.{name} --smoke{scratch} --out /tmp/{name}.json"
 
 
-def report(record: Mapping, rows: Sequence[str] | None = None) -> str:
-    """Everything appendix B prints for one record: facts, commands, per-seed rows (of ``rows``) and verdicts."""
+def report(record: Mapping, rows: Sequence[str] | None = None, name: str | None = None) -> str:
+    """Everything appendix B prints for one record: facts, commands, per-seed rows (of ``rows``) and verdicts.
+
+    With ``name`` (the record's file stem), first the command of :func:`remake` that makes it again.
+    """
     found = facts(record)
     width = max(len(label) for label, _ in found)
-    parts = [textwrap.fill(value, 110, initial_indent=f"{label:<{width}}  ", subsequent_indent=" " * (width + 2))
-             for label, value in found]
+    again = remake(record, name) if name else None
+    parts = [] if name is None else [f"to make it again: {again or 'the commands below, in the order they ran'}", ""]
+    parts += [textwrap.fill(value, 110, initial_indent=f"{label:<{width}}  ", subsequent_indent=" " * (width + 2))
+              for label, value in found]
     parts += ["", "commands, in the order they ran (from the repository root):"]
     parts += [f"  {command}\n" + textwrap.fill(what, 110, initial_indent="      -> ", subsequent_indent=" " * 9)
               for command, what in commands(record)]

@@ -223,6 +223,36 @@ def test_provenance_commands_follow_the_merges_in_order():
     assert commands(alone)[-1][1].startswith("trained every")
 
 
+def test_provenance_remake_drops_the_stitching_and_keeps_the_setup():
+    from experiments.provenance import remake
+
+    record = {"experiment": "t", "seeds": [0, 1, 2], "metrics": {"setup": {"init": "scratch"}},
+              "command": "python -m experiments.t --threads 1 --resume --merge a.json b.json --seeds 2 --iterations 9 "
+                         "--out runs/x.json --save-models runs/m"}
+    assert remake(record, "t") == "python -m experiments.t --threads 1 --iterations 9 --init scratch --seeds 0 1 2"
+    assert remake(record, "t_scratch").endswith("--seeds 0 1 2 --out experiments/results/t_scratch.json")
+    assert remake({**record, "commands": [record["command"]]}, "t") is None  # cumulative: no one command
+    # Every committed seeded record: the command parses with its experiment's own parser, to the record's setup.
+    from experiments import provenance
+
+    for name in provenance.SHOWN_IN:
+        record = provenance.read(name)
+        again = remake(record, name)
+        if again is None:
+            assert "commands" in record
+            continue
+        words = again.split()
+        assert words[:3] == ["python", "-m", f"experiments.{record['experiment']}"]
+        args = importlib.import_module(f"experiments.{record['experiment']}").build_parser().parse_args(words[3:])
+        assert args.smoke is False and (args.out is None) == (name == record["experiment"])
+        if "seeds" in record:
+            assert args.seeds == record["seeds"] and args.init == record["metrics"]["setup"]["init"]
+            assert not args.merge and not args.resume
+        else:  # the torchvision comparison trains fpnbook's side itself instead of reusing a run
+            assert args.fpnbook_run is None and args.seed == record["seed"]
+            assert args.iterations == record["metrics"]["schedule"]["iterations"]
+
+
 @pytest.mark.parametrize("name", ["fpn_table1", "focal_table1", "roialign_table2", "mask_table2b", "lse_table1",
                                   "lse_table1_scratch", "recipe", "torchvision_compare"])
 def test_provenance_reads_every_committed_record(name):
