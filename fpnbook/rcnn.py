@@ -16,11 +16,14 @@ Scaled to the book's ~256 px images (the papers use ~800 px):
 
 - anchors 16, 32, 64, 128, 256 px on P2..P6, half the paper's 32..512
   (:data:`fpnbook.rpn.SMALL_ANCHOR_SIZES`);
-- RoI level assignment ``k = floor(4 + log2(sqrt(w * h) / 112))``: canonical scale 112
-  instead of the paper's 224. With 224, every RoI under 112 px, most of our objects, would
-  land on P2 and P3..P5 would sit idle; with 112 objects of 8..256 px spread over
-  P2..P5, and a RoI on its level always spans at least 7 feature pixels (56 px at stride
-  8), one per cell of the 7x7 pooled grid;
+- RoI level assignment ``k = floor(4 + log2(sqrt(w * h) / 112))``, clamped to P2..P5:
+  canonical scale 112 instead of the paper's 224. With 224, P2 would take every RoI under
+  112 px (90% of the validation split's objects), P3 those of 112-224 px (the other 10%),
+  and P4 and P5 none. With 112, P2 takes 68%, P3 (56-112 px) 22% and P4 (112-224 px) 10%;
+  no validation object reaches P5 (the largest is 177 px), which gets only larger
+  proposals. A RoI on P3..P5 spans at least 7 feature pixels (56/8, 112/16, 224/32), one
+  per cell of the 7x7 pooled grid; P2, clamped, also takes every smaller RoI, down to 2
+  feature pixels for an 8 px object;
 - narrower heads: FPN 64 channels, box head fc 256, mask head 4 x 64 channels.
 """
 
