@@ -3,9 +3,10 @@
     python -m fpnbook data    --out DIR --train N --val M --size S --seed K
     python -m fpnbook pretrain --out runs/backbone   (the backbone every detector can start from)
     python -m fpnbook train   --model mask_rcnn --out runs/mrcnn [--init checkpoints/backbone.pt] [--train-ann F ...]
-    python -m fpnbook eval    --checkpoint runs/mrcnn/last.pt [--ann F --images D]
+    python -m fpnbook eval    --checkpoint runs/mrcnn/last.pt [--ann F --images D] [--analyse DIR]
     python -m fpnbook predict --checkpoint runs/mrcnn/last.pt --images D --out DIR
     python -m fpnbook bench   --model retinanet --size 256 --batch-size 2
+    python -m fpnbook export  --checkpoint checkpoints/mask_rcnn.pt --onnx mask_rcnn.onnx [--image-size 256 256]
 
 Several GPUs: ``torchrun --nproc_per_node=N -m fpnbook train ...`` (DDP; each process
 takes its share of every global batch of ``--batch-size`` x N images).
@@ -254,9 +255,31 @@ def print_results(results: dict) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .train import evaluate_model
 
+    if args.overwrite and args.analyse is None:
+        raise ValueError("--overwrite replaces the files of --analyse DIR; give --analyse too")
+    if args.analyse is not None:  # refused before the model is loaded, not after the predictions
+        from .analysis import check_out_dir
+
+        check_out_dir(args.analyse, overwrite=args.overwrite)
     model, _ = load_model(args.checkpoint)
     dataset = open_dataset(args.ann, args.images)
-    print_results(evaluate_model(model, dataset, batch_size=args.batch_size, device=args.device))
+    if args.analyse is None:
+        print_results(evaluate_model(model, dataset, batch_size=args.batch_size, device=args.device))
+        return 0
+    from .analysis import analyse, format_category_table, format_errors, write_analysis
+    from .evaluate import to_coco_results
+    from .train import predict
+
+    outputs = predict(model, dataset, args.batch_size, args.device)
+    results = to_coco_results(outputs, dataset.image_ids, dataset.label_to_cat_id)
+    if not results:
+        raise ValueError(f"{args.checkpoint} detects nothing on the {len(dataset)} images: nothing to analyse")
+    analyses = analyse(dataset.coco, results, ("bbox", "segm") if "segmentation" in results[0] else ("bbox",))
+    print_results({iou_type: analysis.stats for iou_type, analysis in analyses.items()})
+    print(f"\n{format_category_table(analyses)}\n\n{format_errors(analyses)}")
+    written = write_analysis(analyses, args.analyse, overwrite=args.overwrite,
+                             command="python -m fpnbook " + " ".join(args.argv))
+    print(f"\nwrote {', '.join(path.name for path in written)} to {args.analyse}")
     return 0
 
 
@@ -343,6 +366,31 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for name, seconds in best.items():
         print(f"{args.model} {name}: {args.batch_size / seconds:.1f} images/s "
               f"({args.size}px, batch {args.batch_size}, {device}, {args.threads} threads)")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    from .export import EXPORT_KINDS, check_image_size, export_onnx
+    from .train import load_checkpoint
+
+    # Every option is checked before the model is built or anything is written.
+    image_size = check_image_size(tuple(args.image_size), "--image-size")
+    if args.onnx.is_dir():
+        raise ValueError(f"--onnx {args.onnx} is a directory; give the .onnx file to write")
+    if args.onnx.exists() and not args.overwrite:
+        raise FileExistsError(f"{args.onnx} exists; pass --overwrite to replace it")
+    kind = (load_checkpoint(args.checkpoint).get("model_config") or {}).get("kind")
+    if kind not in EXPORT_KINDS:
+        raise ValueError(f"--checkpoint {args.checkpoint} holds a {kind!r} model; ONNX export takes "
+                         f"{', '.join(EXPORT_KINDS)} checkpoints (written by `fpnbook train`)")
+    if importlib.util.find_spec("onnx") is None:
+        raise ValueError("ONNX export needs the onnx package: pip install -e '.[export]' (onnx, onnxruntime)")
+    model, _ = load_model(args.checkpoint)
+    out = export_onnx(model, args.onnx, image_size, overwrite=args.overwrite)
+    outputs = "boxes, labels, scores" + (", masks" if kind in ("mask_rcnn", "mask_x_rcnn") else "")
+    print(f"wrote {out}: {kind}, input image float32 [3, {image_size[0]}, {image_size[1]}] in 0..1; outputs {outputs}")
     return 0
 
 
@@ -441,11 +489,15 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--overwrite", action="store_true", help="replace an existing OUT/backbone.pt")
     pt.set_defaults(run=cmd_pretrain)
 
-    ev = verbs.add_parser("eval", help="print the COCO AP table of a checkpoint")
+    ev = verbs.add_parser("eval", help="print the COCO AP table of a checkpoint (--analyse: where its AP is lost)")
     ev.add_argument("--checkpoint", type=Path, required=True)
     add_dataset_args(ev)
     ev.add_argument("--batch-size", type=POSITIVE, default=4)
     ev.add_argument("--device", default="auto")
+    ev.add_argument("--analyse", "--analyze", type=Path, default=None, metavar="DIR",
+                    help="also print AP per category and TIDE's error breakdown, and write their figures (PNG: "
+                         "AP per category, PR curves, errors, confusion matrix) and analysis.json into DIR")
+    ev.add_argument("--overwrite", action="store_true", help="with --analyse: replace the files it finds in DIR")
     ev.set_defaults(run=cmd_eval)
 
     pr = verbs.add_parser("predict", help="draw detections on images and write COCO-format results.json")
@@ -464,6 +516,16 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--repeats", type=POSITIVE, default=3)
     be.add_argument("--device", default="auto")
     be.set_defaults(run=cmd_bench)
+
+    ex = verbs.add_parser("export", help="write a checkpoint's detector to ONNX, post-processing included "
+                          "(one fixed-size image in; boxes, labels, scores and masks out)")
+    ex.add_argument("--checkpoint", type=Path, required=True, help="a retinanet, faster_rcnn, mask_rcnn or "
+                    "mask_x_rcnn checkpoint (e.g. checkpoints/mask_rcnn.pt)")
+    ex.add_argument("--onnx", type=Path, required=True, help="the .onnx file to write")
+    ex.add_argument("--image-size", type=IMAGE_SIZE, nargs=2, default=[256, 256], metavar=("H", "W"),
+                    help="the one input size the graph takes (default 256 256)")
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing --onnx file")
+    ex.set_defaults(run=cmd_export)
     return parser
 
 

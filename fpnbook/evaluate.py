@@ -69,7 +69,7 @@ def coco_from_dict(dataset: Mapping, source: str = "the annotations") -> COCO:
                 raise ValueError(f"{source}: {what}[{i}] has id {entry['id']!r}; COCO ids are integers")
     image_ids = {image["id"] for image in dataset["images"]}
     cat_ids = {c["id"] for c in dataset["categories"]}
-    orphans = 0
+    orphans = []
     for i, annotation in enumerate(dataset["annotations"]):
         if not isinstance(annotation, Mapping):
             raise ValueError(f"{source}: every annotation must be a JSON object, got {annotation!r}")
@@ -79,14 +79,16 @@ def coco_from_dict(dataset: Mapping, source: str = "the annotations") -> COCO:
         for key in ("id", "image_id", "category_id"):
             if key in annotation and not _is_id(annotation[key]):
                 raise ValueError(f"{name} has {key} {annotation[key]!r}; COCO ids are integers")
-        orphans += annotation["image_id"] not in image_ids
+        if annotation["image_id"] not in image_ids:
+            orphans.append(annotation["image_id"])
         if annotation.get("category_id") not in cat_ids:
             raise ValueError(f"{name} has category_id {annotation.get('category_id')!r}, which is not among "
                              f"the categories {sorted(cat_ids)}")
         _check_bbox(annotation.get("bbox"), name)
         annotation.setdefault("id", i + 1)
     if orphans:
-        raise ValueError(f"{source}: {orphans} annotation(s) refer to image ids that are not among its images")
+        raise ValueError(f"{source}: {len(orphans)} annotation(s) refer to image ids {_some(set(orphans))}, "
+                         "which are not among its images")
     coco = COCO()
     coco.dataset = dataset
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
@@ -209,6 +211,39 @@ def check_predictions(predictions: Sequence[Mapping], gt: COCO, iou_types: Seque
             raise ValueError(f"iou_types includes 'segm' but {name} has no 'segmentation'")
 
 
+def _some(ids, most: int = 10) -> str:
+    """``[3, 7, 9]``, or the first ``most`` of many ids and how many more, for an error message."""
+    ids = sorted(ids)
+    return f"{ids[:most]}" + (f" (and {len(ids) - most} more)" if len(ids) > most else "")
+
+
+def check_image_ids(gt: COCO, image_ids: Sequence[int] | None) -> None:
+    """Raise a ValueError naming the ids in ``image_ids`` that are not ``gt``'s images (pycocotools scores them -1 silently)."""
+    if image_ids is None:
+        return
+    unknown = set(image_ids) - set(gt.getImgIds())
+    if unknown:
+        raise ValueError(f"image_ids {_some(unknown)} are not among the ground truth's image ids")
+
+
+def run_cocoeval(gt: COCO, predictions: Sequence[Mapping], iou_type: str, max_dets: Sequence[int] = (1, 10, 100),
+                 use_categories: bool = True, image_ids: Sequence[int] | None = None) -> COCOeval:
+    """pycocotools' COCOeval of non-empty, checked predictions (:func:`check_predictions`), evaluated,
+    accumulated and summarised, quietly: its ``eval["precision"]`` [T, R, K, A, M] and ``stats`` are ready."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        # loadRes on bbox results would also invent a polygon per box; give it copies.
+        dt = gt.loadRes([dict(p) for p in predictions])
+        evaluator = COCOeval(gt, dt, iou_type)
+        evaluator.params.maxDets = list(max_dets)
+        evaluator.params.useCats = int(use_categories)
+        if image_ids is not None:
+            evaluator.params.imgIds = list(image_ids)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return evaluator
+
+
 def _no_object_stats(gt: COCO, names: Sequence[str], image_ids: Sequence[int] | None) -> dict[str, float]:
     """The stats with no predictions: 0, except -1 for an object size the ground truth lacks (as pycocotools)."""
     images = set(gt.getImgIds() if image_ids is None else image_ids)
@@ -222,9 +257,22 @@ def _no_object_stats(gt: COCO, names: Sequence[str], image_ids: Sequence[int] | 
     return stats
 
 
-def _stat_names(max_dets: Sequence[int]) -> list[str]:
+def stat_names(max_dets: Sequence[int]) -> list[str]:
     # The order of COCOeval.stats, with AR keyed by its detection budget.
     return ["AP", "AP50", "AP75", "APs", "APm", "APl", *(f"AR{d}" for d in max_dets), "ARs", "ARm", "ARl"]
+
+
+def checked_inputs(coco_gt: COCO | str | os.PathLike, predictions: Iterable[Mapping],
+                   iou_types: Sequence[str]) -> tuple[COCO, list[Mapping]]:
+    """The ground truth as a ``COCO`` (loaded and checked from a path) and the predictions as a
+    list, both checked (:func:`check_predictions`); ``iou_types`` a non-empty subset of ``IOU_TYPES``."""
+    gt = coco_gt if isinstance(coco_gt, COCO) else load_coco(coco_gt)
+    predictions = list(predictions)
+    unknown_types = set(iou_types) - set(IOU_TYPES)
+    if isinstance(iou_types, str) or unknown_types or not iou_types:
+        raise ValueError(f"iou_types must be a non-empty subset of {IOU_TYPES}, got {iou_types!r}")
+    check_predictions(predictions, gt, iou_types)
+    return gt, predictions
 
 
 def coco_evaluate(
@@ -250,33 +298,20 @@ def coco_evaluate(
     Bad predictions raise a ValueError naming the first (:func:`check_predictions`).
 
     ``use_categories=False`` scores class-agnostic recall, as for RPN proposals.
-    ``image_ids`` restricts evaluation to some images (default: all of ``coco_gt``).
+    ``image_ids`` restricts evaluation to some images (default: all of ``coco_gt``); an id
+    that is not among the ground truth's images raises a ValueError naming it.
     """
-    gt = coco_gt if isinstance(coco_gt, COCO) else load_coco(coco_gt)
-    predictions = list(predictions)
-    unknown_types = set(iou_types) - set(IOU_TYPES)
-    if unknown_types or not iou_types:
-        raise ValueError(f"iou_types must be a non-empty subset of {IOU_TYPES}, got {tuple(iou_types)}")
-    check_predictions(predictions, gt, iou_types)
+    gt, predictions = checked_inputs(coco_gt, predictions, iou_types)
+    check_image_ids(gt, image_ids)
     if len(max_dets) != 3 or sorted(max_dets) != list(max_dets):
         raise ValueError(f"max_dets must be three increasing detection budgets, got {tuple(max_dets)}")
-    names = _stat_names(max_dets)
+    names = stat_names(max_dets)
     results = {}
     for iou_type in iou_types:
         if not predictions:
             results[iou_type] = _no_object_stats(gt, names, image_ids)
             continue
-        with contextlib.redirect_stdout(io.StringIO()):
-            # loadRes on bbox results would also invent a polygon per box; give it copies.
-            dt = gt.loadRes([dict(p) for p in predictions])
-            evaluator = COCOeval(gt, dt, iou_type)
-            evaluator.params.maxDets = list(max_dets)
-            evaluator.params.useCats = int(use_categories)
-            if image_ids is not None:
-                evaluator.params.imgIds = list(image_ids)
-            evaluator.evaluate()
-            evaluator.accumulate()
-            evaluator.summarize()
+        evaluator = run_cocoeval(gt, predictions, iou_type, max_dets, use_categories, image_ids)
         results[iou_type] = {name: float(v) for name, v in zip(names, evaluator.stats)}
     return results
 

@@ -147,3 +147,46 @@ def test_train_fine_tunes_torchvision_weights(tiny_data, tmp_path, capsys):
     assert model.roi_heads.box_predictor.num_logits == 9
     assert main([*argv[:4], str(tmp_path / "other"), *argv[5:], "--init", str(tmp_path / "fasterrcnn.pt")]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def val_subset(tmp_path_factory):
+    """(ann, images) of the committed val split's first 6 images, so the shipped checkpoint runs in seconds."""
+    from fpnbook.data import val_paths
+
+    images, ann = val_paths()
+    coco = json.loads(ann.read_text())
+    coco["images"] = coco["images"][:6]
+    kept = {image["id"] for image in coco["images"]}
+    coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] in kept]
+    path = tmp_path_factory.mktemp("val6") / "val6.json"
+    path.write_text(json.dumps(coco))
+    return path, images
+
+
+def test_eval_analyse_prints_and_writes_and_refuses_to_overwrite(val_subset, tmp_path, capsys):
+    ann, images = val_subset
+    out = tmp_path / "analysis"
+    argv = ["eval", "--checkpoint", "checkpoints/mask_rcnn.pt", "--ann", str(ann), "--images", str(images),
+            "--analyse", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "AP50" in printed and "box AP per category" in printed and "hexagon" in printed
+    assert "error breakdown (TIDE" in printed and "mask dAP" in printed
+    from fpnbook.analysis import analysis_files
+
+    assert sorted(p.name for p in out.iterdir()) == sorted(analysis_files())
+    record = json.loads((out / "analysis.json").read_text())
+    assert record["command"].startswith("python -m fpnbook eval") and record["segm"]["errors"]["ap"] > 0.5
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    # Refused before the model is even loaded: a missing checkpoint is not what it complains of.
+    assert main([*argv[:2], str(tmp_path / "missing.pt"), *argv[3:]]) == 2
+    err = capsys.readouterr().err
+    assert "analysis.json exists" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert before == {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert main([*argv, "--overwrite"]) == 0
+    capsys.readouterr()
+    assert main(argv[:-2] + ["--overwrite"]) == 2
+    assert "give --analyse too" in capsys.readouterr().err
+    assert main(argv[:-1] + [str(out / "analysis.json"), "--overwrite"]) == 2
+    assert "not a folder" in capsys.readouterr().err

@@ -22,11 +22,12 @@ LAYERS = [
     ("layers and heads", {"poolers", "backbone", "fpn", "rpn", "roi_heads", "weight_transfer"}),
     ("meta-architectures", {"rcnn", "retinanet"}),
     ("builders and the torchvision bridge", {"models", "interop"}),
-    ("evaluation, pictures, generated data", {"evaluate", "viz", "diagrams", "labelme", "shapes"}),
+    ("evaluation, pictures, generated data, export", {"evaluate", "viz", "diagrams", "labelme", "shapes", "export"}),
+    ("analysis of the evaluation", {"analysis"}),
     ("data", {"data"}),
     ("training", {"train"}),
     ("pretraining", {"pretrain"}),
-    ("front ends", {"cli", "widgets.focal", "widgets.roi", "widgets", "exercises", "solutions"}),
+    ("front ends", {"cli", "widgets.focal", "widgets.roi", "widgets.predictions", "widgets", "exercises", "solutions"}),
     ("python -m fpnbook", {"__main__"}),
 ]
 LAYER = {module: rank for rank, (_, modules) in enumerate(LAYERS) for module in modules}
