@@ -15,11 +15,14 @@
 # %% [markdown]
 # # Appendix A. Training on a laptop
 #
+# After this appendix you can profile a detector's training step, size its proposal and
+# RoI counts to your images, compare training recipes fairly on one clock, and judge
+# whether pretraining a backbone pays for itself.
+#
 # The papers train each detector for a day on eight GPUs. The book's detectors trained
-# in under two hours each on a laptop-class CPU (chapter 7 lists their training times).
-# What made that possible was not a trick but a habit: **measure before changing
-# anything**. How much AP a minute of training buys is the product of two numbers, each
-# of which can be measured alone:
+# in under two hours each on a CPU (their times are printed below). That took no trick,
+# only a habit: **measure before changing anything**. How much AP a minute of
+# training buys is the product of two numbers, each of which can be measured alone:
 #
 # - **steps per minute**: where a training step's time goes (section 1), and how much of
 #   it the detector's bookkeeping wastes on images smaller than the papers' (section 2);
@@ -29,9 +32,9 @@
 # Section 5 then puts both together on one clock: AP against minutes of training, recipe
 # against recipe. Section 6 sets fpnbook's Mask R-CNN against torchvision's, to check that
 # the speed and the learning come from the recipe and not from a difference in the code.
-# Every number here is read from a committed record (`benchmarks/results/`,
-# `experiments/results/`, `checkpoints/`); nothing long is trained. Appendix B gives the
-# commands that made each record.
+# Nothing long is trained here: every number is read from the results that the book's
+# benchmarks and experiments saved (`benchmarks/results/`, `experiments/results/`,
+# `checkpoints/`); appendix B gives the commands that made them.
 
 # %%
 # %matplotlib inline
@@ -45,7 +48,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
 import fpnbook
-from fpnbook import cli, data, pretrain, train, viz
+from fpnbook import cli, data, models, pretrain, train, viz
 from fpnbook.images import batch_images
 from fpnbook.interop import to_torchvision
 
@@ -58,6 +61,10 @@ bench = json.loads((RESULTS / "time_to_ap.json").read_text())
 compare = json.loads((ROOT / "experiments" / "results" / "torchvision_compare.json").read_text())["metrics"]
 cards = json.loads((CHECKPOINTS / "cards.json").read_text())
 print("fpnbook", fpnbook.__version__, "| torch", torch.__version__)
+detectors = {name: card for name, card in cards.items() if card.get("kind") != "pretrained_backbone"}
+print("training time of the shipped detectors: " + ", ".join(f"{name} {card['train_seconds'] / 60:.0f} min"
+                                                             for name, card in detectors.items()))
+assert max(card["train_seconds"] for card in detectors.values()) < 2 * 3600
 
 # %% [markdown]
 # ## 1. Where a training step's time goes (`benchmarks/profile_step.py`, `fpnbook.timing`)
@@ -123,8 +130,8 @@ figure
 # (and torchvision's) are sized for ~800 px COCO images with dozens of objects each: in
 # training, the 2000 best proposals per pyramid level go into NMS, 2000 per image come
 # out, and 512 RoIs per image are sampled for the heads. Our images are 256 px with a
-# handful of objects each, so `ModelConfig` keeps 600 per level, 300 per image and 128
-# RoIs (inference keeps 1000 / 1000, as torchvision does). `benchmarks/train_throughput.py` times a
+# handful of objects each, so `ModelConfig` keeps fewer (printed below; inference keeps
+# 1000 per level and per image, as torchvision does). `benchmarks/train_throughput.py` times a
 # training step and an inference pass of the same trained weights with both sets of
 # counts, in fpnbook's Mask R-CNN and in torchvision's (the same weights loaded into
 # `torchvision.models.detection.MaskRCNN`), best of 5 repeats, one thread.
@@ -133,6 +140,11 @@ figure
 # pooled and run through the heads, forward and backward.
 
 # %%
+book = models.build(models.ModelConfig(kind="mask_rcnn"))
+counts = (book.rpn.pre_nms_top_n_counts["training"], book.rpn.post_nms_top_n_counts["training"],
+          book.roi_heads.sampler.batch_size_per_image)
+print("in training, proposals per level / per image / RoIs sampled per image: book {} / {} / {}, COCO 2000 / 2000 / 512"
+      .format(*counts))
 text = (RESULTS / "train_throughput_sizing.txt").read_text()
 speed = {name.strip(): (float(ours), float(theirs))
          for name, ours, theirs in re.findall(r"^(train step(?:-coco)?|inference(?:-coco)?)\s+([\d.]+)\s+([\d.]+)", text, re.M)}
@@ -143,7 +155,9 @@ gain = [speed["train step"][k] / speed["train step-coco"][k] for k in (0, 1)]
 same_code = [speed[name][0] / speed[name][1] for name in ("train step", "inference")]
 print("training step, book's counts over COCO's: fpnbook x{:.2f}, torchvision x{:.2f}".format(*gain))
 print("fpnbook over torchvision, book's counts: training x{:.2f}, inference x{:.2f}".format(*same_code))
-assert min(gain) > 1.8 and all(0.9 < r < 1.2 for r in same_code)
+inference_change = [speed["inference"][k] / speed["inference-coco"][k] - 1 for k in (0, 1)]
+print("inference, book's counts against COCO's: fpnbook {:+.1%}, torchvision {:+.1%}".format(*inference_change))
+assert min(gain) > 1.8 and all(0.9 < r < 1.2 for r in same_code) and max(map(abs, inference_change)) <= 0.05
 figure = Figure(figsize=(8, 3.4), dpi=72, layout="constrained")
 ax = figure.subplots()
 for k, (impl, colour) in enumerate((("fpnbook", "C0"), ("torchvision", "C1"))):
@@ -158,8 +172,9 @@ assert viz.figure_problems(figure) == []
 figure
 
 # %% [markdown]
-# With the book's counts a training step runs about twice as fast, in both
-# implementations alike; inference does not change, since its counts are the same.
+# With the book's counts a training step runs about twice as fast (the solid bars against
+# the hatched ones), in both implementations alike; inference changes by at most 5%, since
+# its counts are the same.
 # Whether the smaller counts cost AP is not measured on its own here: the recipe below
 # changes them together with the optimiser.
 
@@ -168,16 +183,17 @@ figure
 #
 # **What to measure.** The box AP after a fixed number of steps, recipe against recipe,
 # with everything else held fixed: the same Mask R-CNN, the same initial weights, the same
-# training images in the same order, 300 steps of 4 images. `experiments/recipe.py` changes
-# one thing at a time:
+# training images in the same order, 300 steps of 4 images. `experiments/recipe.py` runs
+# five variants:
 #
 # - **papers' SGD**: SGD with momentum, lr 0.02, weight decay on every parameter, step
 #   decay, COCO's proposal and RoI counts;
-# - **book's recipe**: AdamW (lr 10⁻³, weight decay 0.05 on weights only, none on norms
-#   and biases), linear warm-up then a cosine decay, an EMA of the weights, the book's
-#   counts; **no EMA** is the same without the EMA;
-# - **pretrained, per pixel** and **pretrained**: the book's recipe started from one of
-#   the book's pretrained backbones (section 4).
+# - **book's recipe**: a whole other recipe, AdamW (lr 10⁻³, weight decay 0.05 on weights
+#   only, none on norms and biases), linear warm-up then a cosine decay, an exponential
+#   moving average (EMA) of the weights, which is what gets evaluated, the book's counts;
+# - then one change each from the book's recipe: **no EMA**; **pretrained, per pixel**
+#   and **pretrained**, started from one of the book's pretrained backbones (section 4)
+#   instead of random weights.
 #
 # **Why a decision split.** Each variant is scored on 256 freshly generated images of a
 # seed used nowhere else, never on the validation split: a split that picks the recipe
@@ -209,14 +225,15 @@ for y, name in enumerate(order):
     ax.plot([summary[name]["bbox_AP"]], [y], "|", color="black", ms=18, mew=2, label="mean" if y == 0 else None)
 ax.set_yticks(range(len(order)), [LABELS[n] for n in order], fontsize=9)
 ax.set(xlabel=f"box AP on the decision split after {steps} steps", xlim=(0, None),
-       title="the same model, weights, data and steps; one change per row")
+       title="the same model, data and steps; five recipes or starting weights")
 ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1))
 assert viz.figure_problems(figure) == []
 figure
 
 # %% [markdown]
-# AdamW with warm-up and a cosine decay learns several times more per step than the
-# papers' SGD recipe, which was tuned for large batches of ImageNet-pretrained ResNets;
+# Each row's dots are its seeds, the black tick their mean: the book's recipe learns
+# several times more per step than the papers' SGD recipe, which was tuned for large
+# batches of ImageNet-pretrained ResNets;
 # the EMA changes the box AP by at most a thousandth in each seed (it stays on because
 # it costs under 1% of a step, the `ema` stage of section 1); and a pretrained
 # backbone multiplies the box AP once more. With one or two seeds per row, read the order
@@ -235,10 +252,10 @@ figure
 # detector step. **Per object**, each object's box and jittered copies of it, like a
 # detector's proposals, are pooled 7×7 with RoIAlign and classified by the same two fc
 # layers a Mask R-CNN's box head has, which the detector then starts from, as
-# ImageNet-trained fc6 and fc7 started Fast R-CNN's. Two files were made:
-# `backbone_pixels.pt` (per pixel only) and `backbone.pt` (both). Each is scored on 64
-# fresh images: pixel accuracy and IoU per class, and how often the shape is named right
-# from its box. Detectors take a file with `train --init`.
+# ImageNet-trained fc6 and fc7 started Fast R-CNN's. The book ships two such files,
+# `backbone_pixels.pt` (per pixel only) and `backbone.pt` (both), each scored on 64 fresh
+# images: pixel accuracy and IoU per class, and how often the shape is named right from
+# its box. Detectors take a file with `train --init`.
 
 # %%
 for name in ("backbone_pixels", "backbone"):
@@ -248,7 +265,10 @@ for name in ("backbone_pixels", "backbone"):
           "IoU " + ", ".join(f"{n} {iou:.2f}" for n, iou in scores["iou"].items()))
     if "object_accuracy" in scores:
         print(f"    per object: the shape named from its box for {scores['object_accuracy']:.1%} of objects (chance 12.5%)")
+pixels_gain = summary["pretrained-pixels"]["bbox_AP"] / summary["new"]["bbox_AP"]
+print(f"section 3's box AP, started from backbone_pixels.pt over random weights: x{pixels_gain:.1f}")
 assert cards["backbone"]["fresh"]["object_accuracy"] > 2 * 0.125 and cards["backbone"]["fresh"]["iou"]["background"] > 0.9
+assert pixels_gain > 2 and max(cards["backbone_pixels"]["fresh"]["iou"][n] for n in data.SHAPE_CLASSES) < 0.35
 
 # %%
 pretrainer = pretrain.pretrainer_from_state(pretrain.read_backbone(CHECKPOINTS / cards["backbone"]["file"]))
@@ -284,10 +304,14 @@ assert viz.figure_problems(figure) == []
 figure
 
 # %% [markdown]
-# Per pixel, both backbones find the objects (the background's IoU) but name hardly any
-# shape besides circles and rings (the per-class IoUs): a pixel's neighbourhood rarely
-# shows the whole outline. From the box, the per-object branch names most shapes right
-# (left panel). The pretraining costs real minutes; the next section counts them.
+# The figure shows the backbone's two skills on one fresh image: per pixel (right) it
+# marks where the objects are but paints most of them with the wrong class; from the
+# box (left) it names most shapes right. The printout says the same over 64 images:
+# both backbones find the objects (the background's IoU) but name hardly any shape per
+# pixel besides circles and rings, since a pixel's neighbourhood rarely shows the whole
+# outline. Yet even `backbone_pixels.pt` tripled section 3's box AP: what transfers to
+# the detector is finding objects and their edges, not naming them. The pretraining
+# costs real minutes; the next section counts them.
 
 # %% [markdown]
 # ## 5. AP against minutes (`benchmarks/time_to_ap.py`)
@@ -295,15 +319,18 @@ figure
 # **What to measure.** Sections 1-3 measured the two factors apart; the number that
 # matters is their product, box AP against minutes of training. `benchmarks/time_to_ap.py`
 # trains four Mask R-CNNs with the same tiny backbone from the same initial weights on
-# the same 2000 generated images in the same order, each for the same budget of training
-# minutes, and scores each on the validation split at fixed minutes: the papers' SGD
+# the same generated images in the same order (their number is printed below), each for
+# the same budget of training minutes, and scores each on the validation split at fixed
+# minutes: the papers' SGD
 # recipe, the book's recipe, the book's recipe from the pretrained backbone, and
 # torchvision's own `MaskRCNN` with the recipe of torchvision's reference scripts. Two
 # details keep it fair. **The schedule fits the budget**: each arm times a few steps
 # first and lays out its warm-up and decay over the steps the budget allows, so no arm is
 # cut off halfway through its schedule. **The clock** is the CPU time of each arm's own
 # process on one thread, evaluations excluded. The pretrained arm's clock starts at the
-# minutes its pretraining took.
+# minutes its pretraining took. To compare the arms with one number, take a box AP that
+# most of them reach within the budget, 0.145, and read off when each gets there,
+# interpolated linearly between evaluations.
 
 # %%
 ARMS = {"fpnbook-old": "papers' SGD recipe", "fpnbook-new": "book's recipe",
@@ -313,6 +340,8 @@ level = float(next(iter(bench["time_to_box_ap"])))
 reach = bench["time_to_box_ap"][f"{level:g}"]["arms"]
 SHORT = {"fpnbook-old": "papers' SGD", "fpnbook-new": "book's", "fpnbook-pretrained": "book's + pretrained",
          "torchvision": "torchvision"}
+print(f"{bench['data']['train_images']} training images of {bench['data']['image_size']} px, "
+      f"{bench['minutes']:g} minutes per arm, batches of {bench['batch_size']}")
 print("box AP / mask AP at each minute of training (pretraining not counted)")
 print(f"{'minute':>6}" + "".join(f"{SHORT[name]:>22}" for name in bench["arms"]))
 for minute in bench["eval_at"]:
@@ -327,8 +356,11 @@ ahead = [p["bbox"]["AP"] - n["bbox"]["AP"] for p, n in zip(bench["arms"]["fpnboo
                                                             bench["arms"]["fpnbook-new"]["evals"])]
 print(f"book's recipe: {sooner:.1f}x sooner than the papers' SGD; pretraining took {init_minutes:.1f} min; "
       f"at equal training minutes the pretrained arm leads by {min(ahead):.3f} to {max(ahead):.3f} box AP")
-assert sooner > 2 and reach["torchvision"] is None and min(ahead) > 0
+final = {name: arm["evals"][-1]["bbox"]["AP"] for name, arm in bench["arms"].items()}
+assert sooner > 2 and reach["torchvision"] is None and min(ahead) > 0 and sum(r is not None for r in reach.values()) == 3
 assert reach["fpnbook-pretrained"]["first_eval"] > reach["fpnbook-new"]["interpolated"]
+assert final["fpnbook-new"] > 2 * final["fpnbook-old"]  # far ahead at the end of the budget
+assert bench["arms"]["fpnbook-pretrained"]["evals"][0]["bbox"]["AP"] < final["fpnbook-new"]  # one clock: behind at first
 figure = Figure(figsize=(9.5, 3.6), dpi=72, layout="constrained")
 ax = figure.subplots()
 for name, arm in bench["arms"].items():
@@ -342,15 +374,16 @@ assert viz.figure_problems(figure) == []
 figure
 
 # %% [markdown]
-# The book's recipe reaches box AP 0.145 more than three times sooner than the papers' SGD
-# recipe (the printout's ratio) and is far ahead after 30 minutes; torchvision's arm does
-# not reach it within the budget (section 6 says why). The pretrained arm leads at every
-# equal minute of *training*, but its first evaluation comes only after its pretraining:
-# counted on one clock, a single run does not pay for a pretraining. It pays when one
-# backbone serves many runs, as `backbone.pt` serves every Mask R-CNN and RetinaNet of the
-# book, and over longer runs, which the next figure shows by steps: two longer runs of
-# each detector with the book's recipe, from random weights and from `backbone.pt` (the
-# shipped checkpoints).
+# Each line is one arm's box AP against its minutes: the book's recipe (orange) reaches
+# box AP 0.145 more than three times sooner than the papers' SGD recipe (the printout's
+# ratio) and ends with more than twice its AP; torchvision's arm does not reach 0.145
+# within the budget (section 6 says why). The pretrained arm leads at every equal minute
+# of *training*, but its first evaluation comes only after its pretraining, below where
+# the book's arm ended: counted on one clock, a single run does not pay for a
+# pretraining. It pays when one backbone serves many runs, as `backbone.pt` serves both
+# the shipped Mask R-CNN and RetinaNet, and in longer runs. The next figure counts steps
+# instead of minutes, for longer runs of each detector with the book's recipe: from
+# random weights, and from `backbone.pt` (the shipped checkpoints).
 
 # %%
 figure = Figure(figsize=(9.5, 3.4), dpi=72, layout="constrained")
@@ -365,6 +398,7 @@ for ax, kind in zip(axes, ("mask_rcnn", "retinanet")):
         ax.plot(*zip(*points), marker="o", label=label)
     last = evals["from random weights"][-1]
     gap[kind] = (last[0], last[1], dict(evals["from backbone.pt"])[last[0]])
+    assert evals["from backbone.pt"][-1][1] > gap[kind][2]  # and it keeps climbing after that step
     ax.set(title=kind, xlabel="training step")
     ax.locator_params(axis="x", nbins=4)
     ax.set_xlim(left=0)
@@ -416,17 +450,16 @@ print("training losses, fpnbook == torchvision:", {k: round(v.item(), 4) for k, 
 # **Then training.** `experiments/torchvision_compare.py` trains both from the same
 # initial weights with the same loop, schedule, seed and data. What still differs is the
 # code: fpnbook's RPN, matching, sampling and pure-PyTorch RoIAlign against torchvision's.
-# The run is short, so its AP says nothing yet (both models are still near zero); the
-# losses, step by step, are the comparison.
+# The run is short, far too short for either model to detect anything yet, so the
+# comparison is the training loss, step by step.
 
 # %%
 schedule, curves = compare["schedule"], compare["loss_curves"]
 print("schedule:", {k: schedule[k] for k in ("iterations", "batch_size", "lr", "warmup_iters", "seed")})
-print("box AP after it: " + ", ".join(f"{name} {compare['val'][name]['bbox']['AP']:.4f}" for name in curves))
 ours, theirs = (np.array([loss for _, loss in curves[name]]) for name in ("fpnbook", "torchvision"))
 relative = float(np.mean(np.abs(ours - theirs)) / np.mean(theirs))
 print(f"mean |fpnbook - torchvision| loss over the logged steps: {relative:.1%} of the mean loss")
-assert relative < 0.1 and all(compare["val"][name]["bbox"]["AP"] < 0.01 for name in curves)
+assert relative < 0.1
 figure = Figure(figsize=(7.5, 3), dpi=72, layout="constrained")
 ax = figure.subplots()
 for name, curve in curves.items():
@@ -437,8 +470,9 @@ assert viz.figure_problems(figure) == []
 figure
 
 # %% [markdown]
-# The two curves track each other from the same start; they part by a few percent where
-# the samplers draw different anchors and RoIs. Section 2 timed both on trained weights:
+# The two loss curves track each other from the same start; they part by a few percent
+# where the samplers draw different anchors and RoIs. Section 2 timed both on trained
+# weights:
 # fpnbook is slightly the faster of the two. So why was torchvision's arm the slowest
 # learner in section 5? Not its code, but its **recipe**: torchvision's reference script
 # scales the learning rate by the batch, 0.02 × 4 / 16, and clips no gradients. The cell
@@ -457,9 +491,11 @@ assert all(a["bbox"]["AP"] > b["bbox"]["AP"] for a, b in zip(old["evals"], tv["e
 
 # %% [markdown]
 # With a learning rate four times smaller and about as many steps, torchvision's arm is
-# behind the papers' SGD arm at every evaluation: on a short CPU budget the linear
-# scaling rule, meant to keep a recipe tuned for batches of 16 valid at smaller batches,
-# makes it learn too slowly. The models are the same; the recipes make the difference.
+# behind the papers' SGD arm at every evaluation. The linear scaling rule that set it is
+# meant to carry a recipe tuned for batches of 16 over to smaller batches; on a short CPU
+# budget it makes learning slow. The warm-up and the clipping differ too, so this run
+# does not say which of the three matters most; it does say that the gap lies in the
+# recipe, since the models compute the same losses.
 #
 # ## What to take to your own runs
 #
