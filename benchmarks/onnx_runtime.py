@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from fpnbook.cli import load_model
+from fpnbook.checkpoint import load_model
 from fpnbook.data import CocoDataset, val_paths
 from fpnbook.export import export_onnx
 

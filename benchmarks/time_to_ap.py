@@ -179,7 +179,7 @@ def build_arm_model(arm: Arm, initial_state: dict, num_classes: int, image_size:
     import torch
 
     from fpnbook.models import ModelConfig, build
-    from fpnbook.pretrain import load_backbone
+    from fpnbook.checkpoint import load_backbone
 
     torch.manual_seed(seed)
     config = ModelConfig(kind="mask_rcnn", num_classes=num_classes, rpn_pre_nms_top_n_train=arm.rpn_pre_nms_top_n_train,
@@ -640,7 +640,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from fpnbook import data
     from fpnbook.models import ModelConfig, build
-    from fpnbook.pretrain import read_backbone
+    from fpnbook.checkpoint import read_backbone
     from fpnbook.train import resolve_device
 
     torch.set_num_threads(args.threads)

@@ -37,10 +37,10 @@ import torch
 
 from common import model_benchmark_args
 from fpnbook import data
+from fpnbook.checkpoint import load_checkpoint  # noqa: E402
 from fpnbook.interop import to_torchvision
 from fpnbook.timing import best_times, infer_fn, train_step_fn
 from fpnbook.models import COCO_SIZING, ModelConfig, build
-from fpnbook.train import load_checkpoint  # noqa: E402
 
 NUM_CLASSES = 8
 DATA = ("random", "generated")

@@ -5,7 +5,7 @@
 A run folder of ``python -m fpnbook pretrain`` (it holds ``backbone.pt``) becomes
 ``checkpoints/NAME.pt`` as it is, with a card giving its command, cost and how well it
 segments fresh generated images (:func:`backbone_card`). For each detector run: ``checkpoints/NAME.pt`` (weights, model config, train config and the
-command; no optimizer state, see :func:`fpnbook.train.export_weights`),
+command; no optimizer state, see :func:`fpnbook.checkpoint.export_weights`),
 ``checkpoints/NAME.metrics.jsonl`` (the run's log, for learning curves),
 ``checkpoints/NAME.md`` (the card) and its entry in ``checkpoints/cards.json``.
 The COCO AP comes from the run's ``summary.json`` (the final evaluation on the committed
@@ -35,10 +35,9 @@ import torch
 
 import fpnbook
 from fpnbook import data
-from fpnbook.cli import load_model, open_dataset
-from fpnbook.pretrain import (ShapesSemantic, object_accuracy, pretrainer_from_state, read_backbone,
-                              segmentation_scores)
-from fpnbook.train import evaluate_model, export_weights, hardware, load_checkpoint, read_metrics
+from fpnbook.checkpoint import export_weights, load_checkpoint, load_model, read_backbone
+from fpnbook.pretrain import ShapesSemantic, object_accuracy, pretrainer_from_state, segmentation_scores
+from fpnbook.train import evaluate_model, hardware, read_metrics
 
 HERE = Path(__file__).resolve().parent
 CARDS = HERE / "cards.json"
@@ -94,7 +93,7 @@ def card(name: str, run: Path, hardware_text: str, recompute: bool) -> dict:
     val = summary["val"]
     model, _ = load_model(out)
     if recompute:
-        val = evaluate_model(model, open_dataset(None, None))
+        val = evaluate_model(model, data.open_dataset(None, None))
     fresh_images, fresh_ann = data.ensure_split("val", FRESH_IMAGES, 256, seed=FRESH_SEED, progress=False)
     fresh = evaluate_model(model, data.CocoDataset(fresh_images, fresh_ann))
     evals = {}

@@ -31,8 +31,8 @@ import torch
 
 from experiments import common
 from fpnbook import data
+from fpnbook.checkpoint import load_backbone, read_backbone
 from fpnbook.models import ModelConfig, retinanet_tiny
-from fpnbook.pretrain import load_backbone, read_backbone
 from fpnbook.retinanet import RetinaNet
 from fpnbook.train import evaluate_model, train
 

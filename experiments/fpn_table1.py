@@ -33,8 +33,8 @@ import torch
 
 from experiments import common
 from fpnbook import backbone, data
+from fpnbook.checkpoint import read_backbone
 from fpnbook.evaluate import coco_evaluate, to_coco_results
-from fpnbook.pretrain import read_backbone
 from fpnbook.rcnn import RPN_FEATURES, RPNModel
 from fpnbook.train import predict, train
 

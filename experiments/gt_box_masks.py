@@ -48,7 +48,7 @@ class GTBoxMaskModel(nn.Module):
 
     ``pool``: ``"align"`` (``roi_align``, ``sampling_ratio=2``, ``aligned`` as given) or
     ``"pool"`` (``roi_pool``: box corners rounded to the feature grid, bins max-pooled).
-    ``init``: a pretrained-backbone file's state (``fpnbook.pretrain.read_backbone``); its body is copied.
+    ``init``: a pretrained-backbone file's state (``fpnbook.checkpoint.read_backbone``); its body is copied.
     """
 
     def __init__(self, num_classes: int, init: dict | None = None, level: str = "c4", pool: str = "align",

@@ -98,9 +98,9 @@ from experiments.gt_box_masks import restricted_gt
 from fpnbook import data, models, rcnn
 from fpnbook import weight_transfer as wt
 from fpnbook.anchors import ASPECT_RATIOS, AnchorGenerator
+from fpnbook.checkpoint import load_backbone, read_backbone
 from fpnbook.evaluate import coco_evaluate, to_coco_results
 from fpnbook.images import batch_images
-from fpnbook.pretrain import load_backbone, read_backbone
 from fpnbook.roi_heads import fast_rcnn_loss, mask_loss, paste_masks_in_image, project_masks_on_boxes
 from fpnbook.rpn import SMALL_ANCHOR_SIZES, RegionProposalNetwork, RPNHead
 from fpnbook.train import DETECTRON_RECIPE, TrainConfig, batch_indices, make_optimizer, make_scheduler, train
@@ -201,7 +201,7 @@ def detector(seed: int, init: dict | None = None, seen=None) -> rcnn.FasterRCNN:
     """Stage 1: a tiny Faster R-CNN with a leaner RPN (1000 / 500 proposals in training) and 128 RoIs per image.
 
     ``init``: a pretrained backbone file's state, which must have been pretrained with the masks of
-    ``seen`` only (``pretrain.load_backbone`` checks it, as for any Mask^X R-CNN); None: from scratch.
+    ``seen`` only (``checkpoint.load_backbone`` checks it, as for any Mask^X R-CNN); None: from scratch.
     """
     torch.manual_seed(seed)
     generator = AnchorGenerator(SMALL_ANCHOR_SIZES, [ASPECT_RATIOS] * len(SMALL_ANCHOR_SIZES))

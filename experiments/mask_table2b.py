@@ -43,7 +43,7 @@ from torch import Tensor
 
 from experiments import common
 from experiments.gt_box_masks import GTBoxMaskModel, class_sigmoid_probs, mask_ap, splits, train_masks
-from fpnbook.pretrain import read_backbone
+from fpnbook.checkpoint import read_backbone
 from fpnbook.roi_heads import mask_loss, softmax_mask_loss, softmax_mask_probs
 
 NAME = "mask_table2b"

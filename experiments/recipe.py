@@ -44,8 +44,8 @@ from torchvision.transforms import v2
 
 from experiments import common
 from fpnbook import data
+from fpnbook.checkpoint import load_backbone, read_backbone
 from fpnbook.models import COCO_SIZING, ModelConfig, build
-from fpnbook.pretrain import load_backbone, read_backbone
 from fpnbook.train import DETECTRON_RECIPE, TrainConfig, evaluate_model, train
 
 NAME = "recipe"

@@ -41,7 +41,7 @@ import torch
 from experiments import common
 from experiments.gt_box_masks import (ClassMeanMasks, GTBoxMaskModel, class_channel, class_sigmoid_probs, mask_ap,
                                      splits, train_masks)
-from fpnbook.pretrain import read_backbone
+from fpnbook.checkpoint import read_backbone
 from fpnbook.roi_heads import mask_loss
 
 NAME = "roialign_table2"

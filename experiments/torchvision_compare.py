@@ -34,11 +34,11 @@ from torchvision.transforms import v2
 
 from experiments import common
 from fpnbook import data
+from fpnbook.checkpoint import load_checkpoint
 from fpnbook.models import COCO_SIZING, ModelConfig, build
 from fpnbook.interop import to_torchvision
 from fpnbook.timing import best_times, infer_fn, train_step_fn
-from fpnbook.train import (DETECTRON_RECIPE, TrainConfig, evaluate_model, load_checkpoint, read_metrics,
-                           resolve_device, train)
+from fpnbook.train import DETECTRON_RECIPE, TrainConfig, evaluate_model, read_metrics, resolve_device, train
 
 NAME = "torchvision_compare"
 SCHEDULE = ("iterations", "batch_size", "lr", "warmup_iters", "seed")

@@ -75,32 +75,6 @@ def add_dataset_args(parser: argparse.ArgumentParser, prefix: str = "", what: st
     parser.add_argument(f"{dash}images", type=Path, default=None, help=f"{what}image folder of that JSON")
 
 
-def open_dataset(ann: Path | None, images: Path | None, transforms=None, mask_classes=None):
-    from .data import CocoDataset, val_paths
-
-    if (ann is None) != (images is None):
-        raise ValueError("give both an annotations file and its image folder, or neither")
-    if ann is None:
-        images, ann = val_paths()
-    return CocoDataset(images, ann, transforms=transforms, mask_classes=mask_classes)
-
-
-def load_model(checkpoint: Path):
-    """The model a checkpoint was trained as, with its weights, in eval mode."""
-    from .models import ModelConfig, build
-    from .train import load_checkpoint
-
-    state = load_checkpoint(checkpoint)
-    if not state.get("model_config"):
-        raise ValueError(f"{checkpoint} has no model_config; it was not written by `fpnbook train`")
-    model = build(ModelConfig.from_dict(state["model_config"]))
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as error:
-        raise ValueError(f"{checkpoint}: weights do not fit the model its config describes: {error}") from None
-    return model.eval(), state
-
-
 # ---------------------------------------------------------------- verbs
 
 
@@ -142,8 +116,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from .shapes import ensure_split
     from .files import atomic_write_text
+    from .checkpoint import build_from_backbone, check_run_folder
+    from .data import open_dataset
     from .models import TORCHVISION_LAYOUT, ModelConfig, build
-    from .train import RUN_FILES, TrainConfig, evaluate_model, setup_distributed, train
+    from .train import TrainConfig, evaluate_model, setup_distributed, train
 
     rank, device = setup_distributed()
     if args.device != "auto":
@@ -173,10 +149,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     for flag, path in (("--resume", args.resume), ("--init", args.init), ("--init-torchvision", args.init_torchvision)):
         if path is not None and not Path(path).is_file():
             raise FileNotFoundError(f"{flag} file not found: {path}")
-    taken = [name for name in RUN_FILES if (args.out / name).exists()]
-    if taken and args.resume is None and not args.overwrite:
-        raise FileExistsError(f"{args.out} already holds a run ({', '.join(taken)}); pass --resume {args.out}/last.pt "
-                              "to continue it or --overwrite to start afresh")
+    check_run_folder(args.out, args.resume, args.overwrite)
     flip = v2.RandomHorizontalFlip(0.5)
     if args.train_ann is None and args.train_images is None:
         args.train_images, args.train_ann = ensure_split("train", args.synthetic, image_size=args.size,
@@ -187,10 +160,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ValueError(f"--num-classes is {model_config.num_classes} but {args.train_ann} has {train_set.num_classes} categories")
     val_set = open_dataset(args.val_ann, args.val_images)
     torch.manual_seed(args.seed)
-    model = build(model_config)
-    if args.init is not None:
-        from .pretrain import load_backbone, read_backbone
-        parts = load_backbone(model, read_backbone(args.init), model_config)
+    if args.init is None:
+        model = build(model_config)
+    else:
+        model, parts = build_from_backbone(model_config, args.init)
         if rank == 0:
             print(f"initialised the {' and '.join(parts)} from {args.init}", file=sys.stderr)
     if args.init_torchvision is not None:
@@ -212,6 +185,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
+    from .data import open_dataset
     from .shapes import SHAPE_CLASSES
     from .pretrain import SemanticFromInstances, SemanticPretrainer, ShapesSemantic, export_backbone
     from .train import TrainConfig, train
@@ -253,6 +227,8 @@ def print_results(results: dict) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from .checkpoint import load_model
+    from .data import open_dataset
     from .train import evaluate_model
 
     if args.overwrite and args.analyse is None:
@@ -299,6 +275,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from PIL import Image
     from torchvision.transforms.v2.functional import pil_to_tensor
 
+    from .checkpoint import load_model
     from .evaluate import to_coco_results
     from .files import atomic_write_text
     from .viz import draw_detections
@@ -372,8 +349,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     import importlib.util
 
+    from .checkpoint import load_checkpoint, load_model
     from .export import EXPORT_KINDS, check_image_size, export_onnx
-    from .train import load_checkpoint
 
     # Every option is checked before the model is built or anything is written.
     image_size = check_image_size(tuple(args.image_size), "--image-size")

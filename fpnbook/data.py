@@ -3,7 +3,8 @@
 :class:`CocoDataset` reads any COCO dataset (the book's generated shapes, see
 :mod:`fpnbook.shapes`, or real COCO) into tensors: images float ``[3, H, W]`` in 0..1,
 boxes ``(x1, y1, x2, y2)`` in pixels, contiguous labels ``1..K`` with 0 kept for
-background, masks ``uint8 [N, H, W]``.
+background, masks ``uint8 [N, H, W]``. :func:`open_dataset` opens an annotations file and
+its image folder, or the committed val split when given neither.
 
 The generator's names (``generate_dataset``, ``ensure_split``, ``SHAPE_CLASSES``,
 ``SPLIT_A``, ...) are also reachable from here, as chapters have always called them.
@@ -197,6 +198,19 @@ class CocoDataset(torch.utils.data.Dataset):
         if self.transforms is not None:
             image, target = self.transforms(image, target)
         return image, target
+
+
+def open_dataset(ann: str | os.PathLike | None, images: str | os.PathLike | None, transforms=None,
+                 mask_classes=None) -> CocoDataset:
+    """The :class:`CocoDataset` of ``ann`` (COCO JSON) and its image folder ``images``; both None: the committed val split.
+
+    What the CLI's ``--ann``/``--images`` pairs open. ValueError when only one of the two is given.
+    """
+    if (ann is None) != (images is None):
+        raise ValueError("give both an annotations file and its image folder, or neither")
+    if ann is None:
+        images, ann = val_paths()
+    return CocoDataset(images, ann, transforms=transforms, mask_classes=mask_classes)
 
 
 def collate(batch: Sequence[tuple[Tensor, dict]]) -> tuple[list[Tensor], list[dict]]:

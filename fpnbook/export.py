@@ -21,10 +21,9 @@ What the tracer cannot follow, the eval path does in Python on the values of ten
 :class:`fpnbook.poolers.MultiScaleRoIAlign` skips an empty list of boxes, its RoIAlign
 (:func:`fpnbook.ops.roi_align`) sizes its sampling bands by the largest box, RetinaNet
 skips top-k when few scores pass the threshold, and the per-image loops split by counts.
-A traced graph would freeze each of those decisions at the example's values (as it
-would mask pasting's early return for no masks). So the modules here run the model's
-own parts (backbone, FPN, heads, anchors, box coder, RPN proposal selection, the
-resizing matrices of mask pasting) and redo only those steps in an export-friendly way
+A traced graph would freeze each of those decisions at the example's values. So the
+modules here run the model's own parts (backbone, FPN, heads, anchors, box coder, RPN
+proposal selection, mask pasting) and redo only those steps in an export-friendly way
 that gives the same numbers for one image:
 
 - pooling (:func:`pool_rois`): ``torchvision.ops.roi_align`` (which
@@ -59,7 +58,7 @@ from .images import IMAGENET_MEAN, IMAGENET_STD
 from .poolers import MultiScaleRoIAlign, _infer_scale, assign_levels
 from .rcnn import FasterRCNN
 from .retinanet import RetinaNet
-from .roi_heads import MIN_DETECTION_SIZE, expand_boxes, resize_matrix
+from .roi_heads import MIN_DETECTION_SIZE, paste_masks_in_image
 from .rpn import flatten_predictions
 
 # RoiAlign's coordinate_transformation_mode (aligned=False) needs opset 16.
@@ -142,24 +141,6 @@ def pool_rois(pool: MultiScaleRoIAlign, features: dict[str, Tensor], boxes: Tens
     return torch.cat(pooled)[inverse]
 
 
-def paste_masks(masks: Tensor, boxes: Tensor, image_size: tuple[int, int], padding: int = 1) -> Tensor:
-    """:func:`fpnbook.roi_heads.paste_masks_in_image` without its early return for no masks.
-
-    That ``if`` would be frozen at the example's count: an example with no detections
-    would give a graph that never returns a mask. The same products, which give
-    Tensor[0, 1, H, W] for no masks anyway. Tensor[N, 1, M, M] -> Tensor[N, 1, H, W].
-    """
-    height, width = image_size
-    size = int(masks.shape[-1])
-    padded = F.pad(masks[:, 0], (padding,) * 4)
-    grown = expand_boxes(boxes, (size + 2 * padding) / size).to(torch.int64)
-    box_w = (grown[:, 2] - grown[:, 0] + 1).clamp(min=1)
-    box_h = (grown[:, 3] - grown[:, 1] + 1).clamp(min=1)
-    rows = resize_matrix(grown[:, 1], box_h, height, size + 2 * padding).to(masks)
-    cols = resize_matrix(grown[:, 0], box_w, width, size + 2 * padding).to(masks)
-    return (rows @ padded @ cols.transpose(1, 2))[:, None]
-
-
 class ExportableDetector(nn.Module):
     """One image ``[3, H, W]`` of a fixed size -> ``(boxes, labels, scores[, masks])``, as ``model`` predicts it.
 
@@ -233,7 +214,7 @@ class ExportableDetector(nn.Module):
         logits = heads.mask_predictor(mask_features)
         channels = torch.zeros_like(labels) if heads.class_agnostic_mask else labels
         probs = logits[torch.arange(labels.shape[0]), channels][:, None].sigmoid()
-        return boxes, labels, scores, paste_masks(probs, boxes, self.image_size)
+        return boxes, labels, scores, paste_masks_in_image(probs, boxes, self.image_size)
 
     def detections(self, class_logits: Tensor, box_regression: Tensor, proposals: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """:meth:`fpnbook.roi_heads.RoIHeads.postprocess_detections` for one image: ``(boxes, scores, labels)``."""

@@ -6,7 +6,7 @@ pixel of generated images with its shape class (0 is background, 1..8 the
 :data:`fpnbook.data.SHAPE_CLASSES`). Dense labels give a training signal at every pixel
 of every image, where a detector's classifier sees a few hundred sampled RoIs; so a
 short pretraining teaches the features what each shape looks like, and detectors
-initialised from it (:func:`load_backbone`) converge in far fewer steps.
+initialised from it (:func:`fpnbook.checkpoint.build_from_backbone`) converge in far fewer steps.
 
 The pretraining images come from the generator with their own seed stream
 (``split="pretrain"``), so they are never the images of a train or val split.
@@ -16,8 +16,9 @@ The pretraining images come from the generator with their own seed stream
   Mask R-CNN's ``model.backbone``) and a small per-pixel classifier. It follows the
   detectors' protocol (``model(images, targets)`` returns a loss dict in training), so
   :func:`fpnbook.train.train` trains it, checkpoints, EMA and resume included.
-* :func:`backbone_state` / :func:`load_backbone`: the shipped file and how a detector
-  takes its weights.
+* :func:`backbone_state` / :func:`export_backbone`: what the shipped file holds, and how a
+  run's ``last.pt`` becomes one. Reading the file and starting a detector from it is
+  :mod:`fpnbook.checkpoint`'s job (``read_backbone``, ``load_backbone``, ``build_from_backbone``).
 """
 
 from __future__ import annotations
@@ -34,16 +35,13 @@ from torchvision.ops import masks_to_boxes
 
 from .backbone import norm_layer
 from .shapes import SHAPE_CLASSES, render_image
-from .files import atomic_save, load_torch_file
+from .files import atomic_save
 from .fpn import FPN, BackboneWithFPN, LastLevelMaxPool
 from .images import batch_images
 from .models import ModelConfig, build_body
 from .poolers import MultiScaleRoIAlign
 from .rcnn import BOX_POOL_SIZE, CANONICAL_SCALE
 from .roi_heads import TwoMLPHead
-
-BACKBONE_FORMAT = "fpnbook-backbone-1"
-
 
 IGNORE = -100  # label of pixels that give no loss (F.cross_entropy's default ignore_index)
 
@@ -245,8 +243,10 @@ def backbone_state(model: SemanticPretrainer, mask_classes: Sequence[int] | None
 
     ``mask_classes``: the classes whose shapes the labels showed (None: all). Detectors take
     ``body`` and ``fpn``; ``head`` is kept so that :func:`pretrainer_from_state` can rebuild
-    the whole pretrainer and score it.
+    the whole pretrainer and score it. :func:`fpnbook.checkpoint.read_backbone` reads it back.
     """
+    from .checkpoint import BACKBONE_FORMAT
+
     return {
         "format": BACKBONE_FORMAT,
         "mask_classes": None if mask_classes is None else sorted(int(c) for c in mask_classes),
@@ -269,7 +269,7 @@ def export_backbone(checkpoint: str | os.PathLike, out: str | os.PathLike, **ext
     ``mask_classes``, ``steps`` and ``train_seconds`` (every session of a resumed run
     counted) come from the checkpoint; ``extra`` adds fields (``command``, ``mask_classes``, ...). Returns what was written.
     """
-    from .train import load_checkpoint
+    from .checkpoint import load_checkpoint
 
     state = load_checkpoint(checkpoint)
     config = state["model_config"] or {}
@@ -284,15 +284,6 @@ def export_backbone(checkpoint: str | os.PathLike, out: str | os.PathLike, **ext
     return payload
 
 
-def read_backbone(path: str | os.PathLike) -> dict:
-    """Load a pretrained-backbone file (``weights_only``), raising a clear error if it is not one."""
-    state = load_torch_file(path, "pretrained backbone file")
-    if not isinstance(state, dict) or state.get("format") != BACKBONE_FORMAT:
-        raise ValueError(f"{path} is not a pretrained backbone (expected format {BACKBONE_FORMAT!r}, "
-                         "e.g. checkpoints/backbone.pt)")
-    return state
-
-
 def pretrainer_from_state(state: Mapping) -> SemanticPretrainer:
     """The :class:`SemanticPretrainer` a backbone file was saved from, in eval mode."""
     model = SemanticPretrainer(backbone=state["backbone"], norm=state["norm"], fpn_channels=state["fpn_channels"],
@@ -304,40 +295,6 @@ def pretrainer_from_state(state: Mapping) -> SemanticPretrainer:
         model.box_head.load_state_dict(state["box_head"])
         model.object_classifier.load_state_dict(state["object_classifier"])
     return model.eval()
-
-
-def load_backbone(model: nn.Module, state: Mapping, config: ModelConfig) -> list[str]:
-    """Copy a pretrained body (and FPN, where it fits) into a detector's ``model.backbone``.
-
-    The body must match: ``config.backbone`` and ``config.norm`` equal the file's, else
-    ValueError. A Mask^X R-CNN needs a file pretrained with its own ``mask_classes`` (the
-    shapes of its other classes must not reach it through the backbone), and any other
-    model one pretrained on all classes. The FPN is copied when the detector's FPN has the same inputs and
-    channels (Faster/Mask/Mask^X R-CNN on P2..P6), and then the box head's two fc layers
-    too when the file has them and their sizes match; RetinaNet's FPN (C3..C5, P6/P7)
-    keeps its fresh weights. Returns the parts copied, e.g. ``["body", "fpn", "box_head"]``.
-    """
-    for key in ("backbone", "norm"):
-        if state[key] != getattr(config, key):
-            raise ValueError(f"the pretrained backbone has {key}={state[key]!r} but the model has {getattr(config, key)!r}")
-    wanted = list(config.mask_classes) if config.kind == "mask_x_rcnn" else None
-    if state.get("mask_classes") != wanted:
-        raise ValueError(f"the pretrained backbone saw the shapes of classes {state.get('mask_classes') or 'all'}, "
-                         f"but a {config.kind} with mask_classes={wanted} needs one pretrained with "
-                         f"mask_classes={wanted} (python -m fpnbook pretrain --mask-classes ...)")
-    model.backbone.backbone.load_state_dict(state["body"])
-    parts = ["body"]
-    fpn = model.backbone.fpn
-    fpn_fits = config.kind != "retinanet" and state["fpn_channels"] == config.fpn_channels
-    if fpn_fits:
-        fpn.load_state_dict(state["fpn"])
-        parts.append("fpn")
-        box_head = model.roi_heads.box_head
-        shapes = {k: v.shape for k, v in box_head.state_dict().items()}
-        if "box_head" in state and shapes == {k: v.shape for k, v in state["box_head"].items()}:
-            box_head.load_state_dict(state["box_head"])
-            parts.append("box_head")
-    return parts
 
 
 @torch.no_grad()

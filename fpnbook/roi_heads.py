@@ -287,10 +287,10 @@ def paste_masks_in_image(masks: Tensor, boxes: Tensor, image_size: tuple[int, in
         raise ValueError(f"masks must be Tensor[N, 1, M, M], got {list(masks.shape)}")
     if boxes.shape != (masks.shape[0], 4):
         raise ValueError(f"boxes must be Tensor[{masks.shape[0]}, 4] (one per mask), got {list(boxes.shape)}")
+    # No early return for N = 0: the products below give Tensor[0, 1, H, W] anyway, and an
+    # ``if`` on the count would be frozen into an exported graph (fpnbook.export).
     height, width = image_size
-    if masks.shape[0] == 0:
-        return masks.new_zeros((0, 1, height, width))
-    size = masks.shape[-1]
+    size = int(masks.shape[-1])
     padded = F.pad(masks[:, 0], (padding,) * 4)
     grown = expand_boxes(boxes, (size + 2 * padding) / size).to(torch.int64)
     box_w = (grown[:, 2] - grown[:, 0] + 1).clamp(min=1)

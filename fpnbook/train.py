@@ -32,10 +32,9 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import __version__
+from . import checkpoint
 from .data import collate
 from .evaluate import coco_evaluate, to_coco_results
-from .files import atomic_save, load_torch_file
 
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -317,84 +316,6 @@ def move_to(images: Sequence[torch.Tensor], targets: Sequence[dict] | None, devi
     return images, targets
 
 
-# ---------------------------------------------------------------- checkpoints
-
-
-def save_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer=None, scheduler=None, scaler=None,
-                    step: int = 0, config: TrainConfig | None = None, model_config: dict | None = None,
-                    ema: ModelEMA | None = None, train_seconds: float = 0.0) -> Path:
-    """Write model, optimizer, scheduler, EMA, RNG state and step to ``path`` atomically.
-
-    ``model`` holds the raw (trained) weights, which resuming needs; with ``ema`` the
-    averaged weights go under ``"ema"`` and :func:`export_weights` ships those.
-    ``train_seconds``: the training time so far, which a resumed run continues from.
-    """
-    model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-    payload = {
-        "format": "fpnbook-checkpoint-1",
-        "fpnbook_version": __version__,
-        "step": step,
-        "train_seconds": float(train_seconds),
-        "model": model.state_dict(),
-        "model_config": model_config,
-        "train_config": dataclasses.asdict(config) if config else None,
-        "optimizer": optimizer.state_dict() if optimizer else None,
-        "scheduler": scheduler.state_dict() if scheduler else None,
-        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
-        "ema": ema.state_dict() if ema is not None else None,
-        "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-    }
-    path = Path(path)
-    return atomic_save(payload, path)
-
-
-def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``: no code runs)."""
-    payload = load_torch_file(path, "checkpoint", map_location)
-    if not isinstance(payload, dict) or payload.get("format") != "fpnbook-checkpoint-1" or "model" not in payload:
-        raise ValueError(f"{path} is not an fpnbook checkpoint (no 'format': 'fpnbook-checkpoint-1')")
-    return payload
-
-
-def export_weights(checkpoint: str | os.PathLike, out: str | os.PathLike, **extra) -> Path:
-    """Write a shippable copy of ``checkpoint``: weights, configs and step, no optimizer state.
-
-    The weights are the EMA's when the run kept one (they are what it evaluated).
-    The result still loads with :func:`load_checkpoint` (and ``fpnbook eval``), but cannot
-    be resumed. ``extra`` adds JSON-like fields (e.g. ``command=...``) to the file.
-    """
-    state = load_checkpoint(checkpoint)
-    keep = ("format", "fpnbook_version", "step", "train_seconds", "model", "model_config", "train_config")
-    payload = {key: state.get(key) for key in keep}
-    weights = state["ema"]["module"] if state.get("ema") else state["model"]
-    payload["model"] = {name: tensor.contiguous().clone() for name, tensor in weights.items()}
-    payload.update(extra)
-    out = Path(out)
-    atomic_save(payload, out)
-    return out
-
-
-RUN_FILES = ("last.pt", "metrics.jsonl", "summary.json")
-
-
-def check_resumable(state: dict, path, config: TrainConfig, model_config: dict | None) -> None:
-    """Raise ValueError unless ``state`` (from ``path``) can continue a run of ``config``/``model_config``."""
-    if not state.get("optimizer") or not state.get("scheduler"):
-        raise ValueError(f"{path} holds weights only (an exported file?); resume needs a run's last.pt, "
-                         "which keeps the optimizer state")
-    saved_model = state.get("model_config")
-    if model_config is not None and saved_model and saved_model.get("kind") != model_config.get("kind"):
-        raise ValueError(f"{path} is a {saved_model.get('kind')} checkpoint; cannot resume it as {model_config.get('kind')}")
-    saved = state.get("train_config") or {}
-    for name in ("optimizer", "schedule", "iterations", "batch_size"):
-        if name in saved and saved[name] != getattr(config, name):
-            raise ValueError(f"{path} was trained with {name}={saved[name]!r}; resuming with {name}="
-                             f"{getattr(config, name)!r} would not continue the same run")
-    if (config.ema_decay is None) != (not state.get("ema")):
-        have = "keeps" if state.get("ema") else "has no"
-        raise ValueError(f"{path} {have} an EMA of the weights but ema_decay is {config.ema_decay!r}")
-
-
 # ---------------------------------------------------------------- the loop
 
 
@@ -421,11 +342,7 @@ def train(model: nn.Module, dataset, config: TrainConfig, val_dataset=None, resu
     takes its share of every global batch.
     """
     device = resolve_device(config.device)
-    run_files = [Path(config.out_dir) / name for name in RUN_FILES] if config.out_dir else []
-    taken = [f for f in run_files if f.exists()]
-    if taken and resume is None and not overwrite:
-        raise FileExistsError(f"{Path(config.out_dir)} already holds a run ({', '.join(f.name for f in taken)}); "
-                              "resume it, or pass overwrite=True (--overwrite) to start it afresh")
+    checkpoint.check_run_folder(config.out_dir, resume, overwrite)
     distributed = dist.is_available() and dist.is_initialized()
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     torch.manual_seed(config.seed)
@@ -437,8 +354,8 @@ def train(model: nn.Module, dataset, config: TrainConfig, val_dataset=None, resu
     scaler = torch.amp.GradScaler("cuda", enabled=config.amp and device.type == "cuda")
     start, resumed_seconds = 0, 0.0
     if resume is not None:
-        state = load_checkpoint(resume)
-        check_resumable(state, resume, config, model_config)
+        state = checkpoint.load_checkpoint(resume)
+        checkpoint.check_resumable(state, resume, config, model_config)
         try:
             model.load_state_dict(state["model"])
         except RuntimeError as error:  # another kind or size of model
@@ -471,11 +388,11 @@ def train(model: nn.Module, dataset, config: TrainConfig, val_dataset=None, resu
             log.write(json.dumps(entry) + "\n")
             log.flush()
 
-    def checkpoint(step: int) -> None:
+    def save(step: int) -> None:
         if out_dir:
             so_far = train_seconds + time.perf_counter() - tic  # what the next log line would say
-            save_checkpoint(out_dir / "last.pt", model, optimizer, scheduler, scaler, step, config, model_config, ema,
-                            train_seconds=so_far)
+            checkpoint.save_checkpoint(out_dir / "last.pt", model, optimizer, scheduler, scaler, step, config,
+                                       model_config, ema, train_seconds=so_far)
 
     def evaluated() -> nn.Module:
         return ema.module if ema is not None else model
@@ -517,7 +434,7 @@ def train(model: nn.Module, dataset, config: TrainConfig, val_dataset=None, resu
                 bar.set_postfix(loss=f"{entry['loss']:.3f}", lr=f"{entry['lr']:.2g}", img_s=f"{rate:.1f}")
                 tic, seen = time.perf_counter(), 0
             if config.checkpoint_every and done % config.checkpoint_every == 0:
-                checkpoint(done)
+                save(done)
             if val_dataset is not None and config.eval_every and done % config.eval_every == 0 and done < config.iterations:
                 record({"step": done, "eval": evaluate_model(evaluated(), val_dataset, device=device)})
                 train_model.train()
@@ -527,7 +444,7 @@ def train(model: nn.Module, dataset, config: TrainConfig, val_dataset=None, resu
                 break
         else:
             done = config.iterations
-        checkpoint(done)
+        save(done)
         if ema is not None:  # the caller gets the weights that were evaluated and are exported
             model.load_state_dict(ema.module.state_dict())
         if val_dataset is not None and rank == 0:

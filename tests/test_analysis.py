@@ -190,7 +190,8 @@ def test_confusion_matrix_by_design():
 @pytest.fixture(scope="module")
 def val():
     """(ground truth COCO, predictions of checkpoints/mask_rcnn.pt on the committed val split): made once."""
-    from fpnbook.cli import load_model, open_dataset
+    from fpnbook.checkpoint import load_model
+    from fpnbook.data import open_dataset
     from fpnbook.evaluate import to_coco_results
     from fpnbook.train import predict
 

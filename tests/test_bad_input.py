@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from fpnbook import backbone, boxes, data, evaluate, fpn, labelme, losses, models, poolers, train
+from fpnbook import backbone, boxes, checkpoint, data, evaluate, fpn, labelme, losses, models, poolers, train
 from fpnbook.cli import main
 from fpnbook.files import atomic_save, atomic_write_text, load_torch_file
 from fpnbook.images import check_targets
@@ -278,7 +278,7 @@ def test_torch_files_fail_like_checkpoints(tmp_path):
     (tmp_path / "pickle.pt").write_bytes(pickle.dumps({"code": object}))
     model = backbone.resnet_tiny()
     for name in ("truncated.pt", "pickle.pt"):
-        for load in (lambda p: backbone.load_classification_weights(model, p), train.load_checkpoint, load_torch_file):
+        for load in (lambda p: backbone.load_classification_weights(model, p), checkpoint.load_checkpoint, load_torch_file):
             with pytest.raises(ValueError, match=name) as error:
                 load(tmp_path / name)
             assert "weights_only=False" not in str(error.value)
@@ -363,7 +363,7 @@ def test_train_api_refuses_a_folder_that_holds_a_run(tiny_split, tmp_path):
 def test_resume_needs_a_run_of_the_same_model(tiny_split, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(tiny_train(tiny_split, run, "--model", "retinanet")) == 0
-    train.export_weights(run / "last.pt", tmp_path / "exported.pt")
+    checkpoint.export_weights(run / "last.pt", tmp_path / "exported.pt")
     capsys.readouterr()
     assert main(tiny_train(tiny_split, tmp_path / "a", "--model", "retinanet", "--resume", str(tmp_path / "exported.pt"))) == 2
     assert "weights only" in capsys.readouterr().err

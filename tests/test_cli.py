@@ -130,7 +130,7 @@ def test_train_fine_tunes_torchvision_weights(tiny_data, tmp_path, capsys):
     """`--init-torchvision`: stand-in weights of torchvision's Faster R-CNN (random, 5 classes) fine-tuned on 8."""
     import torchvision
 
-    from fpnbook.cli import load_model
+    from fpnbook.checkpoint import load_model
 
     torch.manual_seed(0)
     standin = torchvision.models.detection.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=5)

@@ -8,6 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from fpnbook import checkpoint
 from fpnbook import train as T
 from test_train import ToyDataset, ToyDetector
 
@@ -39,14 +40,14 @@ def worker(rank, port, out_dir):
 @pytest.mark.slow
 def test_ddp_step_equals_single_process_step(tmp_path):
     mp.spawn(worker, args=(free_port(), str(tmp_path / "ddp")), nprocs=2, join=True)
-    ddp = T.load_checkpoint(tmp_path / "ddp" / "last.pt")
+    ddp = checkpoint.load_checkpoint(tmp_path / "ddp" / "last.pt")
 
     torch.manual_seed(0)
     model = ToyDetector()
     single = config(str(tmp_path / "single"))
     single.batch_size = 4  # the same global batch as 2 processes x 2 images
     T.train(model, ToyDataset(random_flip=False), single)
-    alone = T.load_checkpoint(tmp_path / "single" / "last.pt")
+    alone = checkpoint.load_checkpoint(tmp_path / "single" / "last.pt")
     for name, value in alone["model"].items():  # the raw weights, then their EMA
         torch.testing.assert_close(value, ddp["model"][name], msg=name)
     for name, value in alone["ema"]["module"].items():

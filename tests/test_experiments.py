@@ -145,7 +145,7 @@ def test_roialign_table2_record_verdicts_follow_from_its_runs():
 
 def test_lse_table1_backbones_never_saw_the_unseen_sets_masks():
     from experiments import lse_table1
-    from fpnbook.pretrain import read_backbone
+    from fpnbook.checkpoint import read_backbone
 
     for direction, (seen, unseen) in lse_table1.DIRECTIONS.items():
         assert read_backbone(lse_table1.BACKBONES[direction])["mask_classes"] == list(seen)

@@ -22,7 +22,8 @@ ort = pytest.importorskip("onnxruntime", reason="the export extra: pip install -
 
 from fpnbook import export  # noqa: E402
 from fpnbook.backbone import resnet_tiny  # noqa: E402
-from fpnbook.cli import load_model, main  # noqa: E402
+from fpnbook.checkpoint import load_model  # noqa: E402
+from fpnbook.cli import main  # noqa: E402
 from fpnbook.data import CocoDataset, val_paths  # noqa: E402
 from fpnbook.files import atomic_save  # noqa: E402
 from fpnbook.models import KINDS as MODEL_KINDS  # noqa: E402

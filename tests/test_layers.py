@@ -15,13 +15,14 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "fpnbook"
 
 # Lowest first, as in detectron2: tensors and boxes, ops, layers and heads,
-# meta-architectures, builders, then data, training and the front ends.
+# meta-architectures, builders, checkpoints, then data, training and the front ends.
 LAYERS = [
     ("tensors, boxes, files", {"boxes", "files", "timing"}),
     ("ops", {"ops", "anchors", "matching", "losses", "images", "reference"}),
     ("layers and heads", {"poolers", "backbone", "fpn", "rpn", "roi_heads", "weight_transfer"}),
     ("meta-architectures", {"rcnn", "retinanet"}),
     ("builders and the torchvision bridge", {"models", "interop"}),
+    ("checkpoints", {"checkpoint"}),
     ("evaluation, pictures, generated data, export", {"evaluate", "viz", "diagrams", "labelme", "shapes", "export"}),
     ("analysis of the evaluation", {"analysis"}),
     ("data", {"data"}),

@@ -5,12 +5,13 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
+from fpnbook.checkpoint import load_backbone, read_backbone
 from fpnbook.cli import main
 from fpnbook.data import CocoDataset
 from fpnbook.models import ModelConfig, build
 from fpnbook.pretrain import (IGNORE, SemanticFromInstances, SemanticPretrainer, ShapesSemantic, backbone_state,
-                              jitter_boxes, load_backbone, object_accuracy, pretrainer_from_state, read_backbone,
-                              segmentation_scores, semantic_labels)
+                              jitter_boxes, object_accuracy, pretrainer_from_state, segmentation_scores,
+                              semantic_labels)
 
 
 def test_labels_are_the_masks_classes():
@@ -80,45 +81,6 @@ def test_backbone_has_mask_rcnn_parameter_names():
     pretrainer = SemanticPretrainer()
     detector = build(ModelConfig(kind="mask_rcnn"))
     assert pretrainer.backbone.state_dict().keys() == detector.backbone.state_dict().keys()
-
-
-@pytest.mark.parametrize("kind, parts", [("mask_rcnn", ["body", "fpn", "box_head"]), ("faster_rcnn", ["body", "fpn", "box_head"]),
-                                         ("retinanet", ["body"])])
-def test_load_backbone_copies_what_fits(kind, parts):
-    torch.manual_seed(1)
-    pretrainer = SemanticPretrainer()
-    state = backbone_state(pretrainer)
-    config = ModelConfig(kind=kind)
-    model = build(config)
-    assert load_backbone(model, state, config) == parts
-    for name, tensor in pretrainer.backbone.backbone.state_dict().items():
-        assert torch.equal(model.backbone.backbone.state_dict()[name], tensor)
-    fpn_equal = all(torch.equal(model.backbone.fpn.state_dict()[k], v)
-                    for k, v in pretrainer.backbone.fpn.state_dict().items() if k in model.backbone.fpn.state_dict())
-    assert fpn_equal == ("fpn" in parts)
-
-
-def test_load_backbone_refuses_mismatches():
-    state = backbone_state(SemanticPretrainer())
-    with pytest.raises(ValueError, match="norm"):
-        config = ModelConfig(kind="mask_rcnn", norm="bn")
-        load_backbone(build(config), state, config)
-    mask_x = ModelConfig(kind="mask_x_rcnn", mask_classes=(1, 3))
-    with pytest.raises(ValueError, match="mask_classes"):
-        load_backbone(build(mask_x), state, mask_x)  # it saw every class's shapes
-    own = backbone_state(SemanticPretrainer(), mask_classes=[1, 3])
-    assert load_backbone(build(mask_x), own, mask_x) == ["body", "fpn", "box_head"]
-    with pytest.raises(ValueError, match="mask_classes"):
-        config = ModelConfig(kind="mask_rcnn")
-        load_backbone(build(config), own, config)
-
-
-def test_read_backbone_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not found"):
-        read_backbone(tmp_path / "missing.pt")
-    torch.save({"model": {}}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="not a pretrained backbone"):
-        read_backbone(tmp_path / "other.pt")
 
 
 def test_cli_pretrain_then_train_from_it(tmp_path, capsys):
