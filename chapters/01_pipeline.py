@@ -54,7 +54,7 @@ from torchvision.models.detection import _utils as tv_utils
 from torchvision.ops import batched_nms, nms
 
 import fpnbook
-from fpnbook import boxes, cli, data, diagrams, images, matching, viz
+from fpnbook import boxes, checkpoint, data, diagrams, images, matching, viz
 from fpnbook.roi_heads import MIN_DETECTION_SIZE
 
 torch.set_num_threads(2)
@@ -71,7 +71,7 @@ print("fpnbook", fpnbook.__version__, "| torch", torch.__version__, "| torchvisi
 # truth, on the right what the model reports with a score of at least 0.7.
 
 # %%
-model, state = cli.load_model(CHECKPOINTS / "mask_rcnn.pt")
+model, state = checkpoint.load_model(CHECKPOINTS / "mask_rcnn.pt")
 INDEX, THRESHOLD = 7, 0.7
 image, target = val_set[INDEX]
 with torch.no_grad():

@@ -55,14 +55,14 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator as Torchvi
 from torchvision.models.detection.image_list import ImageList
 
 import fpnbook
-from fpnbook import anchors, backbone, boxes, cli, data, diagrams, exercises, fpn, images, poolers, pretrain, viz
+from fpnbook import anchors, backbone, boxes, checkpoint, data, diagrams, exercises, fpn, images, poolers, pretrain, viz
 from fpnbook.interop import to_torchvision, torchvision_fpn
 
 ROOT = Path(fpnbook.__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # for experiments/
 torch.set_num_threads(2)
 val = data.CocoDataset(*data.val_paths())
-trained, _ = cli.load_model(ROOT / "checkpoints" / "mask_rcnn.pt")  # the shipped Mask R-CNN: trained weights
+trained, _ = checkpoint.load_model(ROOT / "checkpoints" / "mask_rcnn.pt")  # the shipped Mask R-CNN: trained weights
 body, pyramid = trained.backbone.backbone, trained.backbone.fpn
 BLUES = colormaps["Blues"]  # shades of semantic strength in section 2's drawing
 print("fpnbook", fpnbook.__version__, "| torch", torch.__version__, "| torchvision", torchvision.__version__)

@@ -49,7 +49,7 @@ import torchvision
 from matplotlib.figure import Figure
 
 import fpnbook
-from fpnbook import cli, data, diagrams, viz
+from fpnbook import checkpoint, data, diagrams, viz
 from fpnbook.boxes import box_iou
 from fpnbook.images import batch_images
 from fpnbook.losses import cross_entropy_from_pt, focal_loss_from_pt, prior_bias, sigmoid_focal_loss
@@ -205,7 +205,7 @@ assert orphans["with best anchors (ours)"] * 10 < orphans["thresholds alone (pap
 # 25% foreground (IoU ≥ 0.5). The shipped Mask R-CNN, stage by stage, on the same 48 images:
 
 # %%
-two_stage = cli.load_model(ROOT / "checkpoints" / "mask_rcnn.pt")[0].train()  # training-time proposals, sampling
+two_stage = checkpoint.load_model(ROOT / "checkpoints" / "mask_rcnn.pt")[0].train()  # training-time proposals, sampling
 stages = {"RetinaNet, every labelled anchor": [(pos, pos + neg)], "Mask R-CNN, RPN anchors": [],
           "Mask R-CNN, RPN's sampled anchors": [], "Mask R-CNN, RPN proposals": [],
           "Mask R-CNN, sampled RoIs": []}  # (foreground, total) per image
@@ -334,7 +334,7 @@ fig
 # label, so a histogram of the logits, positives and negatives apart, is all we need.
 
 # %%
-retinanet, _ = cli.load_model(ROOT / "checkpoints" / "retinanet.pt")
+retinanet, _ = checkpoint.load_model(ROOT / "checkpoints" / "retinanet.pt")
 edges = torch.linspace(-30, 30, 1201, dtype=torch.float64)
 pos_counts, neg_counts = torch.zeros(2, len(edges) - 1, dtype=torch.float64)  # examples per logit bin
 with torch.no_grad():
@@ -595,4 +595,4 @@ def my_focal_loss(inputs, targets, alpha, gamma):
     raise NotImplementedError  # your code here
 
 
-exercises.check("ch3.focal_loss", my_focal_loss)
+_ = exercises.check("ch3.focal_loss", my_focal_loss)

@@ -596,4 +596,4 @@ def my_roi_align(input, rois, output_size, spatial_scale, sampling_ratio):
 
 exercises.check("ch4.bilinear", my_bilinear)
 exercises.check("ch4.roipool_region", None)  # your number in place of None
-exercises.check("ch4.roi_align", my_roi_align)
+_ = exercises.check("ch4.roi_align", my_roi_align)

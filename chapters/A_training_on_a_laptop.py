@@ -48,7 +48,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
 import fpnbook
-from fpnbook import cli, data, models, pretrain, train, viz
+from fpnbook import checkpoint, data, models, pretrain, train, viz
 from fpnbook.images import batch_images
 from fpnbook.interop import to_torchvision
 
@@ -271,7 +271,7 @@ assert cards["backbone"]["fresh"]["object_accuracy"] > 2 * 0.125 and cards["back
 assert pixels_gain > 2 and max(cards["backbone_pixels"]["fresh"]["iou"][n] for n in data.SHAPE_CLASSES) < 0.35
 
 # %%
-pretrainer = pretrain.pretrainer_from_state(pretrain.read_backbone(CHECKPOINTS / cards["backbone"]["file"]))
+pretrainer = pretrain.pretrainer_from_state(checkpoint.read_backbone(CHECKPOINTS / cards["backbone"]["file"]))
 image, target = pretrain.ShapesSemantic(4, seed=7)[1]  # not the card's images: any seed shows the same behaviour
 with torch.no_grad():
     predicted = pretrainer([image])[0].argmax(0)
@@ -426,7 +426,7 @@ figure
 # detections and, in training mode, the same losses.
 
 # %%
-shipped, _ = cli.load_model(CHECKPOINTS / "mask_rcnn.pt")
+shipped, _ = checkpoint.load_model(CHECKPOINTS / "mask_rcnn.pt")
 twin = to_torchvision(shipped, 256)
 val_set = data.CocoDataset(*data.val_paths())
 image, target = val_set[1]

@@ -127,3 +127,34 @@ def test_init_from_torchvision_replaces_only_the_class_specific_layers(tmp_path)
     assert model.backbone.backbone.body.layer2[0].conv1.weight.requires_grad
     with pytest.raises(ValueError, match="layout='torchvision'"):
         interop.init_from_torchvision(build(ModelConfig(kind="mask_rcnn", num_classes=2)), path, "mask_rcnn")
+
+
+@pytest.mark.parametrize("kind", ["retinanet", "faster_rcnn", "mask_rcnn"])
+def test_twin_gives_torchvisions_training_losses(kind):
+    """Same weights, same images and targets, the same seed for the samplers: the same losses."""
+    theirs = torchvision_model(kind)
+    ours = interop.from_torchvision(theirs).train()
+    theirs.train()
+    for module in theirs.modules():  # weights=None builds BatchNorm; in eval mode it is the frozen BN of the twin
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.eval()
+    generator = torch.Generator().manual_seed(3)
+    targets = []
+    for image in images():
+        height, width = image.shape[1:]
+        corners = torch.rand(3, 2, generator=generator) * torch.tensor([width / 2, height / 2])
+        boxes = torch.cat([corners, corners + torch.tensor([width / 2, height / 2]) - 1], dim=1)
+        masks = torch.zeros(3, height, width, dtype=torch.uint8)
+        for mask, (x1, y1, x2, y2) in zip(masks, boxes.int().tolist()):
+            mask[y1:y2, x1:x2] = 1
+        targets.append({"boxes": boxes, "labels": torch.tensor([1, 2, 3]), "masks": masks})
+    torch.manual_seed(5)
+    expected = theirs(images(), targets)
+    torch.manual_seed(5)
+    if kind != "retinanet":  # torchvision's R-CNN transform draws one number per image to pick a training size
+        for _ in targets:
+            torch.empty(1).uniform_(0.0, 1.0)
+    got = ours(images(), targets)
+    assert set(got) == set(expected)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-5, msg=name)

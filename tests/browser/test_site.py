@@ -25,7 +25,7 @@ CHAPTERS = [p.stem for pattern in ("[0-9][0-9]_*.ipynb", "[A-Z]_*.ipynb")
             for p in sorted((REPO / "chapters").glob(pattern))]
 # Chapters with display math in their prose, and those that store widget state.
 WITH_MATH = {"01_pipeline", "02_pyramids", "03_focal_loss", "04_roi_align", "05_second_stage", "06_weight_transfer"}
-WITH_WIDGETS = {"03_focal_loss", "04_roi_align"}
+WITH_WIDGETS = {"03_focal_loss", "04_roi_align", "08_where_the_ap_goes"}
 
 
 def stored_figures(chapter: str) -> int:
