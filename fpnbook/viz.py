@@ -228,3 +228,34 @@ def figure_problems(figure: Figure, min_points: float = 9, max_width: float = 9.
         if legend is not None and legend.get_visible() and _legend_covers_data(ax, legend, renderer):
             problems.append(f"panel {i}'s legend covers its data")
     return problems
+
+
+def separate_labels(figure: Figure, max_moves: int = 8) -> Figure:
+    """Move each image panel's labels off the ones drawn before them; returns ``figure``.
+
+    Call it once the figure is complete. It lays the figure out (Agg), then, panel by
+    panel in drawing order (:func:`plot_detections` draws in the order given: best score
+    first for a model's output), moves a label that overlaps an earlier one by its own
+    height towards the image's vertical middle, up to ``max_moves`` times.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    if not isinstance(figure, Figure):
+        raise TypeError(f"figure must be a matplotlib Figure, got {type(figure).__name__}")
+    if not isinstance(figure.canvas, FigureCanvasAgg):
+        FigureCanvasAgg(figure)
+    renderer = figure.canvas.get_renderer()
+    figure.draw(renderer)
+    for ax in figure.axes:
+        if not ax.images:
+            continue
+        middle = sum(ax.get_ylim()) / 2
+        for k, text in enumerate(ax.texts):
+            for _ in range(max_moves):
+                extent = text.get_window_extent(renderer)
+                if not any(extent.overlaps(t.get_window_extent(renderer)) for t in ax.texts[:k]):
+                    break
+                (_, top), (_, bottom) = ax.transData.inverted().transform(extent.get_points())
+                x, y = text.get_position()
+                text.set_position((x, y + abs(bottom - top) * (1 if y < middle else -1)))
+    return figure

@@ -131,3 +131,20 @@ def test_one_colour_bar_may_serve_a_row_of_heat_maps():
     assert viz.figure_problems(figure) == []
     axes[0].images[0].set_clim(0, 2)  # another scale needs its own bar
     assert viz.figure_problems(figure) == ["panel 0 shows a heat map without a colour bar"]
+
+
+def test_separate_labels_moves_a_label_off_an_earlier_one(sample):
+    image, target, names = sample
+    boxes = target["boxes"].as_subclass(torch.Tensor)[:1].repeat(2, 1)  # two boxes on one object
+    output = {"boxes": boxes, "labels": torch.tensor([1, 2]), "scores": torch.tensor([0.9, 0.8])}
+    figure = Figure(figsize=(4, 4))
+    ax = figure.subplots()
+    viz.plot_detections(ax, image, output, names, title="two opinions")
+    before = ax.texts[0].get_position()
+    assert ax.texts[1].get_position() == before
+    viz.separate_labels(figure)
+    renderer = figure.canvas.get_renderer()
+    first, second = (t.get_window_extent(renderer) for t in ax.texts)
+    assert not first.overlaps(second) and ax.texts[0].get_position() == before  # the best one stays
+    with pytest.raises(TypeError, match="figure"):
+        viz.separate_labels(ax)

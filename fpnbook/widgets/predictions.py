@@ -38,7 +38,7 @@ from ..analysis import (
 )
 from ..boxes import xywh_to_xyxy
 from ..data import CocoDataset
-from ..viz import PALETTE, plot_detections
+from ..viz import PALETTE, plot_detections, separate_labels
 
 STATUS_TEXT = {"detected": "detected", "mistaken": "found only by an error", "missed": "missed"}
 
@@ -145,7 +145,7 @@ def browser_figure(state: Mapping, class_names: Sequence[str], figsize: tuple[fl
                     score_threshold=state["score_threshold"],
                     title=f"predictions, score >= {state['score_threshold']:.2f}: {len(found['kinds'])}")
     fig.legend(handles=legend_handles(), loc="outside lower center", ncol=5, fontsize=9)
-    return fig
+    return separate_labels(fig)  # a second opinion's label moves off the first's
 
 
 def figure_png(fig: Figure) -> bytes:
