@@ -191,6 +191,19 @@ def _legend_covers_data(ax, legend, renderer) -> bool:
     return False
 
 
+def _laid_out(figure: Figure):
+    """Draw ``figure`` once on an Agg canvas (its layout then final); return the renderer, to measure text with."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    if not isinstance(figure, Figure):
+        raise TypeError(f"figure must be a matplotlib Figure, got {type(figure).__name__}")
+    if not isinstance(figure.canvas, FigureCanvasAgg):
+        FigureCanvasAgg(figure)
+    renderer = figure.canvas.get_renderer()
+    figure.draw(renderer)
+    return renderer
+
+
 def figure_problems(figure: Figure, min_points: float = 9, max_width: float = 9.5) -> list[str]:
     """What keeps ``figure`` from reading at a glance, by CONTRIBUTING.md's figure standard; [] when nothing.
 
@@ -199,15 +212,9 @@ def figure_problems(figure: Figure, min_points: float = 9, max_width: float = 9.
     use the figure's suptitle); a colour bar beside every heat map (a single-channel image);
     no legend drawn over a line, bar, marker or image of its own axes.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.text import Text
 
-    if not isinstance(figure, Figure):
-        raise TypeError(f"figure must be a matplotlib Figure, got {type(figure).__name__}")
-    if not isinstance(figure.canvas, FigureCanvasAgg):
-        FigureCanvasAgg(figure)
-    renderer = figure.canvas.get_renderer()
-    figure.draw(renderer)
+    renderer = _laid_out(figure)
     problems = []
     if figure.get_figwidth() > max_width + 1e-6:
         problems.append(f"figure is {figure.get_figwidth():.1f} in wide (at most {max_width})")
@@ -238,14 +245,7 @@ def separate_labels(figure: Figure, max_moves: int = 8) -> Figure:
     first for a model's output), moves a label that overlaps an earlier one by its own
     height towards the image's vertical middle, up to ``max_moves`` times.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    if not isinstance(figure, Figure):
-        raise TypeError(f"figure must be a matplotlib Figure, got {type(figure).__name__}")
-    if not isinstance(figure.canvas, FigureCanvasAgg):
-        FigureCanvasAgg(figure)
-    renderer = figure.canvas.get_renderer()
-    figure.draw(renderer)
+    renderer = _laid_out(figure)
     for ax in figure.axes:
         if not ax.images:
             continue
