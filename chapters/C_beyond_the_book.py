@@ -46,7 +46,7 @@ from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops import box_iou, masks_to_boxes
 
 import fpnbook
-from fpnbook import cli, data, diagrams, export, interop, train, viz
+from fpnbook import data, diagrams, export, interop, train, viz
 from fpnbook.checkpoint import load_model
 from fpnbook.images import IMAGENET_MEAN, IMAGENET_STD
 from fpnbook.models import TORCHVISION_LAYOUT, ModelConfig, build
@@ -331,15 +331,15 @@ print(f"copied: {len(copied)} tensors; frozen: {len(frozen)} tensors, {sum(froze
       f"{parameters(finetune):,} parameters ({100 * sum(frozen.values()) / parameters(finetune):.1f}%), "
       f"in {sorted({n.split('.')[3] for n in frozen})}")
 print(f"torchvision's backbone with trainable_backbone_layers=3 freezes {sum(reference_frozen.values()):,} parameters")
-print(f"peak learning rate: book {train.DEFAULT_LR['adamw']:g} (AdamW), fine-tuning {cli.FINETUNE_LR['adamw']:g} "
-      f"(AdamW) or {cli.FINETUNE_LR['sgd']:g} (SGD)")
+print(f"peak learning rate: book {train.DEFAULT_LR['adamw']:g} (AdamW), fine-tuning {train.FINETUNE_LR['adamw']:g} "
+      f"(AdamW) or {train.FINETUNE_LR['sgd']:g} (SGD)")
 assert sorted(k.rsplit(".", 1)[0] for k in fresh) == sorted(
     ["roi_heads.box_predictor.cls_score", "roi_heads.box_predictor.bbox_pred"] * 2
     + ["roi_heads.mask_predictor.mask_fcn_logits"] * 2)
 assert [tuple(state[k].shape)[0] for k in fresh] == [9, 9, 36, 36, 9, 9]
 assert len(frozen) == 11 and sum(frozen.values()) == sum(reference_frozen.values()) == 222_400
 assert [n.split("backbone.", 2)[-1] for n in frozen] == list(reference_frozen)
-assert cli.FINETUNE_LR["adamw"] == train.DEFAULT_LR["adamw"] / 10 == 1e-4
+assert train.FINETUNE_LR["adamw"] == train.DEFAULT_LR["adamw"] / 10 == 1e-4
 
 # %% [markdown]
 # Six tensors start afresh: the box classifier (K + 1 = 9 scores in place of COCO's 91),

@@ -256,7 +256,7 @@ def _breakdown(predictions: Sequence[Mapping], images: Mapping[int, _Image], iou
                 true_points.append((category, score, True))
                 all_points.append(true_points[-1])
                 continue
-            if any(a["category_id"] == category and image.crowd_iou[p, c] > fg for c, a in enumerate(image.crowds)):
+            if any(a["category_id"] == category and image.crowd_iou[p, c] >= fg for c, a in enumerate(image.crowds)):
                 kinds[i] = "ignored"
                 continue
             kinds[i], target = _error_type(iou[p], same[p], taken, fg, bg)

@@ -107,10 +107,6 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-# Peak learning rates for fine-tuning published weights: a tenth of training from the book's backbone.
-FINETUNE_LR = {"adamw": 1e-4, "sgd": 0.005}
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from torchvision.transforms import v2
 
@@ -119,7 +115,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .checkpoint import build_from_backbone, check_run_folder
     from .data import open_dataset
     from .models import TORCHVISION_LAYOUT, ModelConfig, build
-    from .train import TrainConfig, evaluate_model, setup_distributed, train
+    from .train import FINETUNE_LR, TrainConfig, evaluate_model, setup_distributed, train
 
     rank, device = setup_distributed()
     if args.device != "auto":
@@ -132,6 +128,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ValueError("give --init (a book backbone) or --init-torchvision (torchvision's weights), not both")
         if args.model == "mask_x_rcnn":
             raise ValueError("--init-torchvision starts retinanet, faster_rcnn or mask_rcnn, not mask_x_rcnn")
+        if (args.backbone, args.fpn_channels) != ("tiny", 64):
+            raise ValueError("--init-torchvision sets torchvision's layout (ResNet-50, 256-channel FPN): "
+                             "leave out --backbone and --fpn-channels")
         layout = dict(layout="torchvision", **TORCHVISION_LAYOUT)
         if args.lr is None:
             args.lr = FINETUNE_LR[args.optimizer]

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from functools import partial
 
 import torch
@@ -418,7 +418,8 @@ def torchvision_detector(kind: str, weights: Mapping[str, Tensor] | str | os.Pat
     if key not in weights:
         raise ValueError(f"these weights are not torchvision's {TORCHVISION_BUILDERS[kind]}: no {key!r}")
     logits = int(weights[key].numel())
-    num_classes = logits // 9 if kind == "retinanet" else logits  # RetinaNet: 9 anchors x classes
+    anchors = 9  # torchvision's RetinaNet: 3 scales x 3 aspect ratios per location
+    num_classes = logits // anchors if kind == "retinanet" else logits
     builder = getattr(torchvision.models.detection, TORCHVISION_BUILDERS[kind])
     model = builder(weights=None, weights_backbone=None, num_classes=num_classes)
     try:
@@ -479,8 +480,6 @@ def scale_boxes(boxes: Tensor, resized_size: tuple[int, int], original_size: tup
 
 # Class-specific layers: their shapes follow K, so fine-tuning on other classes starts them afresh.
 CLASS_SPECIFIC = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits.", "head.cls_logits.")
-# torchvision freezes the stem and layer1 when it fine-tunes (``trainable_backbone_layers=3``).
-FROZEN_WHEN_FINETUNING = ("backbone.backbone.body.conv1.", "backbone.backbone.body.bn1.", "backbone.backbone.body.layer1.")
 
 
 def init_from_torchvision(model: nn.Module, weights: Mapping[str, Tensor] | str | os.PathLike, kind: str) -> list[str]:
@@ -489,8 +488,8 @@ def init_from_torchvision(model: nn.Module, weights: Mapping[str, Tensor] | str 
     ``model`` is built with ``ModelConfig(kind=kind, layout="torchvision", num_classes=K)``
     for the reader's K. Every weight is copied from :func:`from_torchvision`'s twin except the
     class-specific predictors when K differs from the weights' (they keep their fresh
-    initialisation), and the stem and ``layer1`` are frozen (``requires_grad=False``) as
-    torchvision does when it fine-tunes.
+    initialisation). The stem and ``layer1`` stay frozen as ``build`` made them
+    (``models.TORCHVISION_FROZEN``), as torchvision does when it fine-tunes.
     """
     twin = from_torchvision(weights, kind).state_dict()
     ours = model.state_dict()
@@ -500,7 +499,4 @@ def init_from_torchvision(model: nn.Module, weights: Mapping[str, Tensor] | str 
         raise ValueError(f"the model is not torchvision's {TORCHVISION_BUILDERS[kind]} layout (build it with "
                          f"ModelConfig(kind={kind!r}, layout='torchvision')): {foreign[:3]} do not match")
     model.load_state_dict({k: v for k, v in twin.items() if k not in differ}, strict=False)
-    for name, parameter in model.named_parameters():
-        if name.startswith(FROZEN_WHEN_FINETUNING):
-            parameter.requires_grad_(False)
     return differ

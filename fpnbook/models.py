@@ -42,6 +42,9 @@ BACKBONES = ("tiny", "small", "resnet18", "resnet34", "resnet50")
 # weights (``interop.from_torchvision``) and checkpoints fine-tuned from them load through ``build``.
 LAYOUTS = ("book", "torchvision")
 TORCHVISION_LAYOUT = dict(backbone="resnet50", norm="frozen_bn", fpn_channels=256)
+# The torchvision layout trains with the stem and layer1 frozen, as torchvision fine-tunes
+# (``trainable_backbone_layers=3``); ``build`` freezes them, so a resumed run has the same trainable set.
+TORCHVISION_FROZEN = ("backbone.backbone.body.conv1.", "backbone.backbone.body.bn1.", "backbone.backbone.body.layer1.")
 # torchvision's RetinaNet anchors: three octave scales per level, rounded down as torchvision does.
 TORCHVISION_RETINANET_SIZES = tuple((x, int(x * 2 ** (1 / 3)), int(x * 2 ** (2 / 3))) for x in (32, 64, 128, 256, 512))
 
@@ -151,7 +154,16 @@ def _torchvision_sizes(config: ModelConfig) -> tuple[dict, dict]:
 
 
 def build(config: ModelConfig) -> nn.Module:
-    """The detector ``config`` describes, with fresh weights."""
+    """The detector ``config`` describes, with fresh weights (torchvision's layout: stem and layer1 frozen)."""
+    model = _build(config)
+    if config.layout == "torchvision":
+        for name, parameter in model.named_parameters():
+            if name.startswith(TORCHVISION_FROZEN):
+                parameter.requires_grad_(False)
+    return model
+
+
+def _build(config: ModelConfig) -> nn.Module:
     backbone = build_backbone(config)
     if config.kind == "retinanet":
         if config.layout == "torchvision":

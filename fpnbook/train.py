@@ -43,6 +43,8 @@ SCHEDULES = ("cosine", "step")
 # momentum, weight decay on every parameter, step decay, no EMA. ``TrainConfig(**DETECTRON_RECIPE)``;
 # the experiments whose committed records predate the current defaults still use it.
 DETECTRON_RECIPE = dict(optimizer="sgd", schedule="step", ema_decay=None, decay_norm_and_bias=True)
+# Peak learning rates for fine-tuning published weights (`train --init-torchvision`): a tenth of the book's.
+FINETUNE_LR = {"adamw": 1e-4, "sgd": 0.005}
 # Per-optimiser defaults for lr and weight_decay: AdamW's from the recipe search,
 # SGD's from Detectron (lr 0.02 for a batch of 16; weight decay 1e-4).
 DEFAULT_LR = {"adamw": 1e-3, "sgd": 0.02}

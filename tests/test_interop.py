@@ -109,7 +109,7 @@ def test_torchvision_layout_builds_the_twins_structure(kind):
 
 
 def test_init_from_torchvision_replaces_only_the_class_specific_layers(tmp_path):
-    from fpnbook.models import ModelConfig, build
+    from fpnbook.models import TORCHVISION_FROZEN, ModelConfig, build
 
     theirs = torchvision_model("mask_rcnn", num_classes=6)  # a stand-in for COCO's 91
     path = tmp_path / "maskrcnn.pt"
@@ -123,7 +123,7 @@ def test_init_from_torchvision_replaces_only_the_class_specific_layers(tmp_path)
     twin = interop.from_torchvision(theirs).state_dict()
     assert all(torch.equal(v, twin[k]) for k, v in model.state_dict().items() if k not in fresh)
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
-    assert frozen and all(n.startswith(interop.FROZEN_WHEN_FINETUNING) for n in frozen)
+    assert frozen and all(n.startswith(TORCHVISION_FROZEN) for n in frozen)
     assert model.backbone.backbone.body.layer2[0].conv1.weight.requires_grad
     with pytest.raises(ValueError, match="layout='torchvision'"):
         interop.init_from_torchvision(build(ModelConfig(kind="mask_rcnn", num_classes=2)), path, "mask_rcnn")
